@@ -1,0 +1,4 @@
+"""Shared fixtures live in tests/support/*; each module registers here."""
+
+pytest_plugins: list[str] = [
+]
