@@ -1,4 +1,5 @@
 """Shared fixtures live in tests/support/*; each module registers here."""
 
 pytest_plugins: list[str] = [
+    "tests.support.redis",
 ]

@@ -1,0 +1,310 @@
+"""Compression cache: per-tenant keys, an in-process LRU, and a fail-open Redis cache.
+
+A cache can only ever make a request faster. Every Redis failure (refused, reset,
+timeout, a server that accepts connections and never answers) becomes a miss or a
+dropped write, is counted, and opens a circuit breaker so that the following
+requests do not each pay the timeout while Redis is down; after a short back-off
+one request probes again.
+
+Key names carry digests only (``lg:v1:<tenant digest>:cmp:<sha256>``), never
+prompt text, tenant secrets or API keys. The tenant name is hashed into both the
+namespace and the full digest, so one tenant's inputs can never produce another
+tenant's key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+__all__ = [
+    "KEY_PREFIX",
+    "BackendStatus",
+    "CircuitBreaker",
+    "CompressionCache",
+    "FailOpenRedis",
+    "MemoryCache",
+    "RedisCache",
+    "RedisSettings",
+    "cache_key",
+    "canonical_json",
+    "connect_redis",
+    "tenant_namespace",
+]
+
+KEY_PREFIX = "lg:v1"
+_T = TypeVar("_T")
+log = logging.getLogger(__name__)
+
+
+def tenant_namespace(tenant: str) -> str:
+    """``lg:v1:<first 16 hex of sha256(tenant name)>``: the prefix of all of a tenant's keys."""
+    return f"{KEY_PREFIX}:{hashlib.sha256(tenant.encode()).hexdigest()[:16]}"
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"not JSON-serialisable in a cache key: {type(value).__name__}")
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON (sorted keys, no spaces, dataclasses as dicts, NaN refused)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False, default=_json_default)
+
+
+def cache_key(tenant: str, policy_version: str, component_kind: str, text: str,
+              knobs: Mapping[str, Any], model_id: str, algo_version: str) -> str:
+    """Cache key for one compressed component.
+
+    ``knobs`` holds everything else that changes the output (rates, protect rules,
+    target model, segment size...). Pass values with stable types: ``1`` and ``1.0``
+    are different keys.
+    """
+    payload = {
+        "tenant": tenant,
+        "policy_version": policy_version,
+        "kind": component_kind,
+        "text_sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+        "knobs": dict(knobs),
+        "model_id": model_id,
+        "algo_version": algo_version,
+    }
+    digest = hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+    return f"{tenant_namespace(tenant)}:cmp:{digest}"
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """What ``/readyz`` and ``/metrics`` show about a cache or ledger backend."""
+
+    backend: str           # "memory" or "redis"
+    ok: bool               # False while the circuit breaker is open
+    errors: int            # failed operations since start
+    detail: str = ""
+
+
+class CompressionCache(Protocol):
+    async def get(self, key: str) -> str | None: ...
+    async def set(self, key: str, value: str) -> None: ...
+    def status(self) -> BackendStatus: ...
+    async def close(self) -> None: ...
+
+
+class MemoryCache:
+    """Bounded in-process LRU (entries and UTF-8 bytes of keys + values) with a TTL."""
+
+    def __init__(self, *, max_entries: int = 10_000, max_bytes: int = 64 * 2**20,
+                 ttl_s: float | None = 7 * 86400,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[str, float, int]] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, expires_at, _size = entry
+        if expires_at <= self._clock():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: str) -> None:
+        size = len(key.encode()) + len(value.encode("utf-8", "surrogatepass"))
+        if key in self._entries:
+            self._drop(key)
+        if size > self.max_bytes or self.max_entries <= 0:
+            return
+        expires_at = self._clock() + self.ttl_s if self.ttl_s is not None else float("inf")
+        self._entries[key] = (value, expires_at, size)
+        self.bytes += size
+        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        _value, _expires, size = self._entries.pop(key)
+        self.bytes -= size
+
+    def status(self) -> BackendStatus:
+        return BackendStatus("memory", True, 0, f"{len(self._entries)} entries")
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+
+class CircuitBreaker:
+    """Closed -> (failure) -> open for ``backoff_s`` -> one probe -> closed or open again.
+
+    Only one probe runs at a time; the other callers skip Redis meanwhile.
+    """
+
+    def __init__(self, backoff_s: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backoff_s = backoff_s
+        self._clock = clock
+        self._open_until: float | None = None
+        self._probing = False
+        self.failures = 0
+        self.skipped = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    def allow(self) -> bool:
+        if self._open_until is None:
+            return True
+        if self._probing or self._clock() < self._open_until:
+            self.skipped += 1
+            return False
+        self._probing = True
+        return True
+
+    def success(self) -> None:
+        self._open_until = None
+        self._probing = False
+
+    def failure(self) -> None:
+        self.failures += 1
+        self._probing = False
+        self._open_until = self._clock() + self.backoff_s
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Connection knobs. Timeouts are short on purpose: a slow cache is worse than none."""
+
+    socket_timeout_s: float = 0.15
+    connect_timeout_s: float = 0.15
+    health_check_interval_s: int = 10
+    backoff_s: float = 3.0
+    ttl_s: int = 7 * 86400
+
+    @property
+    def op_deadline_s(self) -> float:
+        # Belt and braces over the socket timeouts: connect + handshake + command.
+        return self.connect_timeout_s + 2 * self.socket_timeout_s + 0.05
+
+
+def connect_redis(url: str, settings: RedisSettings = RedisSettings()) -> aioredis.Redis:
+    """A ``redis.asyncio`` client that fails fast: short timeouts and no retries."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.connect_timeout_s,
+        health_check_interval=settings.health_check_interval_s,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=False,
+    )
+
+
+class FailOpenRedis:
+    """Runs Redis calls under a deadline and a circuit breaker; failures become ``None``."""
+
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings, *, name: str,
+                 owns_client: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.settings = settings
+        self.name = name
+        self.breaker = CircuitBreaker(settings.backoff_s, clock)
+        self._owns_client = owns_client
+        self.errors = 0
+        self.last_error = ""
+
+    async def call(self, op: Callable[[], Awaitable[_T]]) -> _T | None:
+        if not self.breaker.allow():
+            return None
+        try:
+            result = await asyncio.wait_for(op(), self.settings.op_deadline_s)
+        except Exception as exc:  # any Redis failure must fail open
+            self.errors += 1
+            self.last_error = type(exc).__name__
+            if not self.breaker.is_open:
+                log.warning("redis %s unavailable (%s): degrading for %.1fs",
+                            self.name, self.last_error, self.settings.backoff_s)
+            self.breaker.failure()
+            return None
+        if self.breaker.is_open:
+            log.info("redis %s is back", self.name)
+        self.breaker.success()
+        return result
+
+    async def ping(self) -> bool:
+        return bool(await self.call(self.client.ping))
+
+    def status(self) -> BackendStatus:
+        ok = not self.breaker.is_open
+        detail = "" if ok else f"degraded: {self.last_error}"
+        return BackendStatus("redis", ok, self.errors, detail)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            try:
+                await self.client.aclose()
+            except Exception:  # closing a dead connection may fail; nothing to do
+                log.debug("redis %s close failed", self.name)
+
+
+class RedisCache:
+    """``CompressionCache`` on Redis: ``SET key value EX ttl`` / ``GET``; never raises."""
+
+    def __init__(self, client: aioredis.Redis, settings: RedisSettings = RedisSettings(), *,
+                 owns_client: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self._redis = FailOpenRedis(client, settings, name="cache", owns_client=owns_client,
+                                    clock=clock)
+        self.ttl_s = settings.ttl_s
+
+    @classmethod
+    def from_url(cls, url: str, settings: RedisSettings = RedisSettings()) -> RedisCache:
+        return cls(connect_redis(url, settings), settings)
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._redis.breaker
+
+    async def get(self, key: str) -> str | None:
+        raw = await self._redis.call(lambda: self._redis.client.get(key))
+        if not isinstance(raw, bytes):
+            return None
+        try:
+            return raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return None
+
+    async def set(self, key: str, value: str) -> None:
+        data = value.encode("utf-8", "surrogatepass")
+        await self._redis.call(lambda: self._redis.client.set(key, data, ex=self.ttl_s))
+
+    async def ping(self) -> bool:
+        """Round-trip to Redis (through the breaker: no I/O while it is open)."""
+        return await self._redis.ping()
+
+    def status(self) -> BackendStatus:
+        return self._redis.status()
+
+    async def close(self) -> None:
+        await self._redis.close()

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from proxy.cache import RedisCache, RedisSettings, cache_key
+from tests.support.redis import BlackHole, RedisServer
+
+pytestmark = pytest.mark.integration
+
+FAST = RedisSettings(socket_timeout_s=0.1, connect_timeout_s=0.1, backoff_s=0.2, ttl_s=60)
+
+
+def key_for(tenant: str, text: str) -> str:
+    return cache_key(tenant, "p1", "instruction", text, {"rate": 0.5}, "m@1", "1")
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_set_get_and_ttl(redis_url: str, raw: aioredis.Redis) -> None:
+    cache = RedisCache.from_url(redis_url, FAST)
+    k = key_for("research", "You are terse.")
+    assert await cache.get(k) is None
+    await cache.set(k, "terse ✓")
+    assert await cache.get(k) == "terse ✓"
+    assert 0 < await raw.ttl(k) <= 60
+    assert cache.status().ok and cache.status().errors == 0
+    assert await cache.ping()
+    await cache.close()
+
+
+async def test_tenants_never_share_entries(redis_url: str, raw: aioredis.Redis) -> None:
+    cache = RedisCache.from_url(redis_url, FAST)
+    text = "Shared few-shot block with a secret: sk-abc"
+    await cache.set(key_for("team-a", text), "compressed for A")
+    assert await cache.get(key_for("team-b", text)) is None
+    await cache.set(key_for("team-b", text), "compressed for B")
+    assert await cache.get(key_for("team-a", text)) == "compressed for A"
+    keys = sorted(bytes(k).decode() for k in await raw.keys("*"))
+    assert len(keys) == 2
+    for k in keys:
+        assert re.fullmatch(r"lg:v1:[0-9a-f]{16}:cmp:[0-9a-f]{64}", k)
+    await cache.close()
+
+
+async def test_redis_killed_mid_test_degrades_to_misses(redis_server: RedisServer) -> None:
+    cache = RedisCache.from_url(redis_server.url, FAST)
+    k = key_for("research", "text")
+    await cache.set(k, "v")
+    assert await cache.get(k) == "v"
+
+    redis_server.stop()
+    assert await cache.get(k) is None          # fails once, opens the breaker
+    assert not cache.status().ok
+    errors = cache.status().errors
+    assert errors >= 1
+    for _ in range(50):                         # breaker open: no I/O, no errors, no raise
+        assert await cache.get(k) is None
+        await cache.set(k, "dropped")
+    assert cache.status().errors == errors
+    assert cache.breaker.skipped >= 100
+
+    redis_server.start()                        # same port, empty (no persistence)
+    await asyncio.sleep(FAST.backoff_s + 0.05)
+    assert await cache.get(k) is None           # the probe succeeds: a real miss
+    assert cache.status().ok
+    await cache.set(k, "again")
+    assert await cache.get(k) == "again"
+    await cache.close()
+
+
+async def test_black_hole_returns_within_timeout(black_hole: BlackHole) -> None:
+    cache = RedisCache.from_url(black_hole.url, FAST)
+    # wait_for is the hang detector only; the cache's own deadline is far shorter.
+    assert await asyncio.wait_for(cache.get("lg:v1:x:cmp:y"), 5) is None
+    assert not cache.status().ok
+    await asyncio.wait_for(cache.set("lg:v1:x:cmp:y", "v"), 5)
+    assert not await asyncio.wait_for(cache.ping(), 5)
+    await asyncio.wait_for(cache.close(), 5)
+
+
+async def test_unreachable_port_never_raises() -> None:
+    from tests.support.redis import free_port
+
+    cache = RedisCache.from_url(f"redis://127.0.0.1:{free_port()}/0", FAST)
+    assert await cache.get("k") is None
+    await cache.set("k", "v")
+    assert cache.status().errors == 1 and "degraded" in cache.status().detail
+    await cache.close()
