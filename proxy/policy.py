@@ -1,0 +1,235 @@
+"""Tenant policies: the value objects, and the store that loads and hot-reloads them.
+
+One TOML file per tenant in a policies folder (see ``policies/examples/research.toml``
+for every knob). Files are parsed and validated by :mod:`proxy._policy_schema`; this
+module holds what the rest of the proxy consumes:
+
+* :class:`CompressionPolicy` (with :class:`ProtectPolicy`): the effective policy for one
+  (tenant, upstream model) pair.
+* :class:`Tenant` and :class:`PolicySnapshot`: an immutable view of every tenant, with
+  constant-time API-key authentication.
+* :class:`PolicyStore`: loads a folder and swaps in a new snapshot when files change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "CompressionPolicy",
+    "PolicyError",
+    "PolicySnapshot",
+    "PolicyStore",
+    "Problem",
+    "ProtectPolicy",
+    "Tenant",
+]
+
+Mode = Literal["enforce", "shadow", "off"]
+
+_LOG = logging.getLogger("linguagate.policy")
+
+
+@dataclass(frozen=True)
+class ProtectPolicy:
+    """Which spans the compressor must keep verbatim (same fields as ``ProtectRules``)."""
+
+    number: bool = False
+    code: bool = True
+    json: bool = True
+    url: bool = True
+    quoted: bool = False
+    regexes: tuple[str, ...] = ()
+    keep_tags: bool = True  # <keep>...</keep> regions
+
+
+@dataclass(frozen=True)
+class CompressionPolicy:
+    """The effective compression policy for one tenant and one upstream model."""
+
+    mode: Mode = "off"
+    rate: float = 0.5
+    instruction_rate: float = 1.0
+    question_rate: float = 1.0
+    min_tokens: int = 200
+    question_aware: bool = False
+    segment_tokens: int = 128
+    granularity_k: float = 2.0
+    models: tuple[str, ...] = ("*",)
+    max_compression_ms: int = 30000
+    protect: ProtectPolicy = ProtectPolicy()
+    ood_max_nll: float | None = None
+    compress_json_tool_results: bool = False
+    allow_request_override: bool = False
+    override_min_rate: float = 0.1
+    override_max_rate: float = 1.0
+
+    def applies_to(self, model: str | None) -> bool:
+        """Whether the request's ``model`` matches one of the ``models`` globs (case-sensitive)."""
+        name = model or ""
+        return any(fnmatchcase(name, glob) for glob in self.models)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One policy file: who the tenant is, how its keys are recognised, how it compresses."""
+
+    name: str
+    anonymous: bool
+    admin: bool
+    key_digests: tuple[bytes, ...] = field(repr=False)
+    policy_version: str
+    compression: CompressionPolicy = CompressionPolicy()
+    # (glob, fully merged policy) in file order; the first glob matching the model wins.
+    model_policies: tuple[tuple[str, CompressionPolicy], ...] = ()
+    source: Path | None = None
+
+    def policy_for(self, model: str | None) -> CompressionPolicy:
+        """The base ``[compression]`` policy, or the first matching ``[models."glob"]`` override."""
+        if model is not None:
+            for glob, policy in self.model_policies:
+                if fnmatchcase(model, glob):
+                    return policy
+        return self.compression
+
+
+def hash_api_key(api_key: str) -> bytes:
+    """SHA-256 digest (32 bytes) of a proxy API key, as listed in ``api_key_sha256``."""
+    return hashlib.sha256(api_key.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """An immutable set of tenants, as loaded from one consistent state of the folder."""
+
+    tenants: tuple[Tenant, ...] = ()
+
+    @property
+    def anonymous(self) -> Tenant | None:
+        """The tenant that serves requests without a (known) key, if any."""
+        return next((t for t in self.tenants if t.anonymous), None)
+
+    def tenant(self, name: str) -> Tenant | None:
+        """The tenant called ``name``, if any."""
+        return next((t for t in self.tenants if t.name == name), None)
+
+    def authenticate(self, api_key: str | None) -> Tenant | None:
+        """The tenant owning ``api_key``; else the anonymous tenant; else ``None``.
+
+        Every digest of every tenant is compared (``hmac.compare_digest``), whatever
+        matches, so timing reveals neither whether nor where a key matched.
+        """
+        found: Tenant | None = None
+        if api_key:
+            digest = hash_api_key(api_key)
+            for tenant in self.tenants:
+                for candidate in tenant.key_digests:
+                    matched = hmac.compare_digest(candidate, digest)
+                    found = tenant if matched and found is None else found
+        return found if found is not None else self.anonymous
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a policy file, located by line."""
+
+    path: Path
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+class PolicyError(Exception):
+    """The policies folder is invalid; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: list[Problem] = list(problems)
+        super().__init__("invalid policies:\n" + "\n".join(str(p) for p in self.problems))
+
+
+_Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def _fingerprint(directory: Path) -> _Fingerprint:
+    entries: list[tuple[str, int, int]] = []
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                if entry.name.endswith(".toml") and entry.is_file():
+                    st = entry.stat()
+                    entries.append((entry.name, st.st_mtime_ns, st.st_size))
+    except OSError:
+        return ()
+    return tuple(sorted(entries))
+
+
+class PolicyStore:
+    """Loads ``directory/*.toml`` (not subfolders) and hot-reloads it.
+
+    Readers use :attr:`current`, a plain attribute read; a reload builds a complete
+    new snapshot and publishes it with one assignment, so a request never sees a
+    half-loaded set of tenants. Reloads are serialised by a lock.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+        self._snapshot: PolicySnapshot | None = None
+        self._seen: _Fingerprint | None = None
+
+    @property
+    def current(self) -> PolicySnapshot:
+        """The latest valid snapshot; :meth:`load` must have succeeded once."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise RuntimeError("PolicyStore.load() has not succeeded yet")
+        return snapshot
+
+    def load(self) -> PolicySnapshot:
+        """Load and validate every policy file; raise :class:`PolicyError` listing all problems."""
+        from proxy._policy_schema import load_directory
+
+        with self._lock:
+            seen = _fingerprint(self.directory)
+            snapshot = load_directory(self.directory)
+            self._snapshot = snapshot
+            self._seen = seen
+            return snapshot
+
+    def reload_if_changed(self) -> bool:
+        """Reload when file names, sizes or mtimes changed; True when a new snapshot is live.
+
+        Invalid files keep the previous snapshot in place and log a warning once per
+        change (problem locations and messages only: never key material).
+        """
+        if _fingerprint(self.directory) == self._seen:
+            return False
+        from proxy._policy_schema import load_directory
+
+        with self._lock:
+            seen = _fingerprint(self.directory)
+            if seen == self._seen:
+                return False  # another thread reloaded it meanwhile
+            self._seen = seen
+            try:
+                snapshot = load_directory(self.directory)
+            except PolicyError as exc:
+                _LOG.warning(
+                    "policy reload rejected, keeping the previous policies: %s",
+                    "; ".join(str(p) for p in exc.problems),
+                )
+                return False
+            self._snapshot = snapshot
+            _LOG.info("policies reloaded: %d tenant(s)", len(snapshot.tenants))
+            return True
