@@ -203,6 +203,7 @@ class RedisSettings:
     health_check_interval_s: int = 10
     backoff_s: float = 3.0
     ttl_s: int = 7 * 86400
+    max_connections: int = 32
 
     @property
     def op_deadline_s(self) -> float:
@@ -211,15 +212,21 @@ class RedisSettings:
 
 
 def connect_redis(url: str, settings: RedisSettings = RedisSettings()) -> aioredis.Redis:
-    """A ``redis.asyncio`` client that fails fast: short timeouts and no retries."""
-    return aioredis.Redis.from_url(
+    """A ``redis.asyncio`` client that fails fast: short timeouts, no retries, bounded pool.
+
+    Under a burst, callers wait (within the operation deadline) for one of
+    ``max_connections`` connections instead of opening one socket each.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=settings.max_connections,
+        timeout=settings.op_deadline_s,
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.connect_timeout_s,
         health_check_interval=settings.health_check_interval_s,
         retry=Retry(NoBackoff(), 0),
-        decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class FailOpenRedis:

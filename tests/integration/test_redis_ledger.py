@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+
+from proxy.cache import RedisSettings
+from proxy.ledger import LedgerUnavailable, RedisLedger, UsageRecord
+from tests.support.redis import BlackHole, RedisServer
+
+pytestmark = pytest.mark.integration
+
+FAST = RedisSettings(socket_timeout_s=0.5, connect_timeout_s=0.5, backoff_s=0.2)
+
+
+def rec(tenant: str = "research", model: str = "gpt-4o", **kw: object) -> UsageRecord:
+    args: dict[str, object] = {"outcome": "applied", "original_tokens": 100,
+                               "forwarded_tokens": 40, "compression_ms": 0.25}
+    args.update(kw)
+    return UsageRecord(tenant, model, **args)  # type: ignore[arg-type]
+
+
+async def test_concurrent_increments_add_up_and_persist(redis_url: str) -> None:
+    ledger = RedisLedger.from_url(redis_url, FAST)
+    await asyncio.gather(*(ledger.record(rec(cache_hits=1)) for _ in range(200)))
+    await ledger.record(rec(outcome="skipped", forwarded_tokens=100, skip_reason="deadline"))
+    await ledger.close()
+
+    reopened = RedisLedger.from_url(redis_url, FAST)   # a new client: a restarted proxy
+    [row] = await reopened.totals("research")
+    assert row.requests == 201 and row.original_tokens == 20_100
+    assert row.forwarded_tokens == 200 * 40 + 100 and row.saved_tokens == 200 * 60
+    assert row.cache_hits == 200 and row.compressed_requests == 200
+    assert row.skips == {"deadline": 1}
+    assert abs(row.compression_ms - 201 * 0.25) < 1e-6
+    [hourly] = await reopened.totals("research", since=datetime.now(UTC) - timedelta(hours=1))
+    assert hourly == row
+    await reopened.close()
+
+
+async def test_tenant_isolation_and_key_names(redis_url: str) -> None:
+    ledger = RedisLedger.from_url(redis_url, FAST)
+    await ledger.record(rec("team-a", original_tokens=10, forwarded_tokens=5))
+    await ledger.record(rec("team-b", model="gpt-4o-mini"))
+    await ledger.record(rec("team-b", model="gpt-4o-mini"))
+    rows_a = await ledger.totals("team-a")
+    assert [(r.tenant, r.model, r.requests) for r in rows_a] == [("team-a", "gpt-4o", 1)]
+    rows_b = await ledger.totals("team-b")
+    assert [(r.tenant, r.model, r.requests) for r in rows_b] == [("team-b", "gpt-4o-mini", 2)]
+    assert [r.tenant for r in await ledger.totals()] == ["team-a", "team-b"]
+    assert await ledger.totals("team-c") == []
+
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    keys = set(await raw.keys("*"))
+    await raw.aclose()
+    assert "lg:v1:ledger:tenants" in keys
+    for key in keys - {"lg:v1:ledger:tenants"}:
+        assert re.fullmatch(r"lg:v1:[0-9a-f]{16}:ledger:(models|m:[0-9a-f]{16}:(total|h:\d{10}))",
+                            key), key
+    await ledger.close()
+
+
+async def test_hourly_buckets_expire(redis_url: str) -> None:
+    ledger = RedisLedger.from_url(redis_url, FAST)
+    await ledger.record(rec(at=datetime.now(UTC) - timedelta(hours=3)))
+    assert await ledger.flush()
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    [hour_key] = [k for k in await raw.keys("*:h:*")]
+    assert 29 * 86400 < await raw.ttl(hour_key) <= 31 * 86400
+    assert await raw.ttl(hour_key.rsplit(":h:", 1)[0] + ":total") == -1
+    await raw.aclose()
+    assert await ledger.totals(since=datetime.now(UTC) - timedelta(hours=1)) == []
+    [row] = await ledger.totals(since=datetime.now(UTC) - timedelta(hours=4))
+    assert row.requests == 1
+    await ledger.close()
+
+
+async def test_redis_outage_never_fails_recording(redis_server: RedisServer) -> None:
+    ledger = RedisLedger.from_url(redis_server.url, FAST, flush_interval_s=0.05)
+    await ledger.record(rec())
+    assert await ledger.flush()
+    redis_server.stop()
+    for _ in range(20):
+        await ledger.record(rec())          # no I/O on the request path, never raises
+    assert not await ledger.flush()         # kept for later
+    assert not ledger.status().ok and ledger.status().errors >= 1
+    assert ledger.pending == 1
+    with pytest.raises(LedgerUnavailable):
+        await ledger.totals()
+
+    redis_server.start()                    # empty server (no persistence), same port
+    await asyncio.sleep(FAST.backoff_s + 0.05)
+    [row] = await ledger.totals("research")  # flushes the 20 kept increments first
+    assert row.requests == 20 and ledger.pending == 0 and ledger.status().ok
+    await ledger.close()
+
+
+async def test_pending_is_bounded_during_an_outage(redis_server: RedisServer) -> None:
+    ledger = RedisLedger.from_url(redis_server.url, FAST, max_pending=2)
+    redis_server.stop()
+    for model in ("a", "b", "c", "a"):
+        await ledger.record(rec(model=model))
+    assert ledger.pending == 2 and ledger.dropped == 1
+    await ledger.close()
+
+
+async def test_black_hole_record_returns(black_hole: BlackHole) -> None:
+    ledger = RedisLedger.from_url(black_hole.url, RedisSettings(socket_timeout_s=0.1,
+                                                                connect_timeout_s=0.1))
+    await asyncio.wait_for(ledger.record(rec()), 5)
+    assert not await asyncio.wait_for(ledger.flush(), 5)
+    assert not ledger.status().ok
+    with pytest.raises(LedgerUnavailable):
+        await asyncio.wait_for(ledger.totals("research"), 5)
+    await asyncio.wait_for(ledger.close(), 5)
