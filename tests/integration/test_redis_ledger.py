@@ -54,7 +54,7 @@ async def test_tenant_isolation_and_key_names(redis_url: str) -> None:
     assert await ledger.totals("team-c") == []
 
     raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    keys = set(await raw.keys("*"))
+    keys = {str(k) for k in await raw.keys("*")}
     await raw.aclose()
     assert "lg:v1:ledger:tenants" in keys
     for key in keys - {"lg:v1:ledger:tenants"}:
@@ -68,7 +68,7 @@ async def test_hourly_buckets_expire(redis_url: str) -> None:
     await ledger.record(rec(at=datetime.now(UTC) - timedelta(hours=3)))
     assert await ledger.flush()
     raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    [hour_key] = [k for k in await raw.keys("*:h:*")]
+    [hour_key] = [str(k) for k in await raw.keys("*:h:*")]
     assert 29 * 86400 < await raw.ttl(hour_key) <= 31 * 86400
     assert await raw.ttl(hour_key.rsplit(":h:", 1)[0] + ":total") == -1
     await raw.aclose()
