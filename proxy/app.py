@@ -1,0 +1,84 @@
+"""The ASGI application factory. All state lives in the lifespan; nothing at module level.
+
+```python
+app = create_app(Settings(upstream_url="http://127.0.0.1:9000/v1"))
+```
+
+`services` may be a ready `Services` (the caller owns and closes it) or a factory like
+`open_services` returning an async context manager (the lifespan enters and exits it, once
+per worker process). The lifespan also runs the policy hot-reload loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+
+from proxy.policy import PolicyStore
+from proxy.routes import routes
+from proxy.services import Services, open_services
+from proxy.settings import Settings
+
+__all__ = ["ServicesFactory", "create_app", "create_app_from_env"]
+
+ServicesFactory = Callable[[Settings], AbstractAsyncContextManager[Services]]
+
+_log = logging.getLogger("linguagate.app")
+_RELOAD_INTERVAL_S = 1.0
+
+
+def create_app(
+    settings: Settings,
+    *,
+    services: Services | ServicesFactory | None = None,
+    reload_interval_s: float = _RELOAD_INTERVAL_S,
+) -> Starlette:
+    """Build the proxy app for `settings`; see the module docstring for `services`."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            if isinstance(services, Services):
+                active = services
+            else:
+                active = await stack.enter_async_context((services or open_services)(settings))
+            reloader = asyncio.create_task(_reload_policies(active.policies, reload_interval_s))
+            stack.push_async_callback(_cancel, reloader)
+            _log.info(
+                "linguagate ready: upstream=%s mode=%s policies=%s",
+                settings.upstream_url,
+                "org-key" if settings.upstream_api_key else "bring-your-own-key",
+                settings.policies_dir,
+            )
+            yield {"services": active}
+
+    return Starlette(routes=routes(), lifespan=lifespan)
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` (and `serve --workers N`): settings from `LINGUAGATE_*`."""
+    return create_app(Settings.from_env(os.environ))
+
+
+async def _reload_policies(store: PolicyStore, interval_s: float) -> None:
+    """Poll the policies folder; a changed folder is reloaded off the event loop."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(store.reload_if_changed)
+        except Exception as exc:  # the loop must survive anything a bad file can cause
+            _log.error("policy reload failed: %s", type(exc).__name__)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

@@ -1,0 +1,181 @@
+"""`linguagate` command line: `serve`, plus the subcommands other modules register.
+
+Each subcommand sets `func` (taking the parsed namespace, returning an exit status) with
+`parser.set_defaults(func=...)`. Optional modules (`proxy.admin_cli` for `keys`/`policies`,
+`proxy.compress.cli` for `compress`) are imported only when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy import __version__
+from proxy.settings import Settings, SettingsError
+
+__all__ = ["build_parser", "main"]
+
+# (module, function) pairs: each function receives the subparsers action.
+_PLUGGED_SUBCOMMANDS = (
+    ("proxy.admin_cli", "add_subcommands"),
+    ("proxy.compress.cli", "add_subcommand"),
+)
+
+
+def _add_serve(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run the proxy (uvicorn with uvloop and httptools)",
+        description="Run the OpenAI-compatible proxy. "
+        "Flags override LINGUAGATE_* environment variables. "
+        "The org-wide upstream key comes only from LINGUAGATE_UPSTREAM_API_KEY; when it is unset, "
+        "each client's own Authorization header is forwarded (bring-your-own-key mode).",
+    )
+    serve.add_argument("--host", help="bind address (LINGUAGATE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="bind port (LINGUAGATE_PORT, default 8080)")
+    serve.add_argument(
+        "--upstream",
+        dest="upstream_url",
+        metavar="URL",
+        help="OpenAI-compatible base URL ending in /v1 (LINGUAGATE_UPSTREAM_URL, default https://api.openai.com/v1)",
+    )
+    serve.add_argument(
+        "--policies",
+        dest="policies_dir",
+        type=Path,
+        metavar="DIR",
+        help="folder of tenant policy files (LINGUAGATE_POLICIES, default ./policies)",
+    )
+    serve.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis for the shared compression cache (LINGUAGATE_REDIS_URL)",
+    )
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes (LINGUAGATE_WORKERS, default 1)"
+    )
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        metavar="N",
+        help="reject larger request bodies with 413 (LINGUAGATE_MAX_BODY_BYTES, default 33554432)",
+    )
+    serve.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="(LINGUAGATE_LOG_LEVEL, default info)",
+    )
+    serve.add_argument(
+        "--connect-timeout",
+        dest="connect_timeout_s",
+        type=float,
+        metavar="S",
+        help="upstream connect timeout (LINGUAGATE_CONNECT_TIMEOUT, default 10)",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        dest="read_timeout_s",
+        type=float,
+        metavar="S",
+        help="upstream read timeout between bytes (LINGUAGATE_READ_TIMEOUT, default 600)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="upstream connection pool size per worker (LINGUAGATE_MAX_CONNECTIONS, default 512)",
+    )
+    serve.add_argument(
+        "--no-access-log", action="store_true", help="do not log one line per request"
+    )
+    serve.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "host",
+            "port",
+            "upstream_url",
+            "policies_dir",
+            "redis_url",
+            "workers",
+            "max_body_bytes",
+            "log_level",
+            "connect_timeout_s",
+            "read_timeout_s",
+            "max_connections",
+        )
+    }
+    try:
+        settings = Settings.from_env(os.environ, **overrides)
+    except SettingsError as exc:
+        print(f"linguagate serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    import uvicorn
+
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "log_level": settings.log_level,
+        "access_log": not args.no_access_log,
+        # Upstream `server` headers are relayed; ours would duplicate them.
+        "server_header": False,
+        "timeout_graceful_shutdown": 30,
+    }
+    if settings.workers == 1:
+        from proxy.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    else:
+        # Each worker process imports the factory and rebuilds the settings from its environment.
+        os.environ.update(settings.to_env())
+        uvicorn.run(
+            "proxy.app:create_app_from_env", factory=True, workers=settings.workers, **common
+        )
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
+    """The parser, and the optional subcommand modules that were found and registered."""
+    parser = argparse.ArgumentParser(
+        prog="linguagate", description="OpenAI-compatible prompt-compressing proxy"
+    )
+    parser.add_argument("--version", action="version", version=f"linguagate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_serve(sub)
+    registered: list[str] = []
+    for module_name, function in _PLUGGED_SUBCOMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module_name.startswith(exc.name):
+                continue  # that module is not part of this build
+            raise
+        getattr(module, function)(sub)
+        registered.append(module_name)
+    return parser, registered
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, _ = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    result = func(args)
+    return int(result or 0)

@@ -1,0 +1,107 @@
+"""HTTP routes: thin handlers that pick the `Services` off the request and delegate.
+
+`POST /v1/chat/completions` goes through the pipeline; every other `/v1/*` path and method is
+relayed as it is; `/healthz` says the process is up; `/readyz` reports each component.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from proxy.errors import NotFound, ProxyError, error_response
+from proxy.intake import authenticate, forward_request, read_body, request_id_for, started_at
+from proxy.pipeline import chat_completions
+from proxy.services import ComponentStatus, Services
+from proxy.streaming import UpstreamRelay
+
+__all__ = ["routes"]
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.state.services
+    return services
+
+
+async def _chat(request: Request) -> Response | UpstreamRelay:
+    return await chat_completions(request, _services(request))
+
+
+async def _passthrough(request: Request) -> Response | UpstreamRelay:
+    """Any other `/v1/*` request: authenticated, then forwarded byte for byte."""
+    services = _services(request)
+    started = started_at(request)
+    request_id = request_id_for(request)
+    try:
+        tenant = authenticate(request, services.policies.current)
+        raw = await read_body(request, services.settings.max_body_bytes)
+    except ProxyError as exc:
+        return error_response(exc, request_id)
+    forward = forward_request(
+        request,
+        services.upstream,
+        content=raw,
+        request_id=request_id,
+        response_headers=[(b"x-linguagate-tenant", tenant.name.encode())],
+        # Cheap and safe: asking for identity only costs compression of a small body.
+        streaming=b'"stream"' in raw,
+        started=started,
+    )
+    return UpstreamRelay(services.upstream, forward)
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _readyz(request: Request) -> Response:
+    """200 when this process can serve; a body reporting every component either way."""
+    services = _services(request)
+    report: dict[str, Any] = {}
+    ready = True
+    try:
+        snapshot = services.policies.current
+        report["policies"] = {"status": "ok", "tenants": len(snapshot.tenants)}
+    except RuntimeError:
+        report["policies"] = {"status": "not_loaded"}
+        ready = False
+    names = ["upstream", *services.probes]
+    results = await asyncio.gather(
+        _upstream_status(services), *(probe() for probe in services.probes.values())
+    )
+    for name, status in zip(names, results, strict=True):
+        report[name] = {
+            "status": status.status,
+            **({"detail": status.detail} if status.detail else {}),
+        }
+        ready = ready and (status.ok or not status.required)
+    for name in ("redis", "model"):
+        report.setdefault(name, {"status": "not_configured"})
+    report = {"status": "ready" if ready else "not_ready", **report}
+    return JSONResponse(report, status_code=200 if ready else 503)
+
+
+async def _upstream_status(services: Services) -> ComponentStatus:
+    result = await services.upstream.probe()
+    return ComponentStatus("ok" if result.reachable else "unreachable", detail=result.detail)
+
+
+async def _not_found(request: Request) -> Response:
+    return error_response(NotFound(f"Unknown path: {request.url.path}"), request_id_for(request))
+
+
+def routes() -> list[BaseRoute]:
+    """The route table (a fresh list per app)."""
+    return [
+        Route("/v1/chat/completions", _chat, methods=["POST"]),
+        Route("/v1/{path:path}", _passthrough, methods=_ALL_METHODS),
+        Route("/healthz", _healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", _readyz, methods=["GET", "HEAD"]),
+        Route("/{path:path}", _not_found, methods=_ALL_METHODS),
+    ]

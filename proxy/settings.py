@@ -1,0 +1,128 @@
+"""Process configuration: one frozen value built from flags and `LINGUAGATE_*` variables.
+
+Precedence is command-line flag > environment variable > default. `Settings.to_env()` is
+the inverse of `Settings.from_env()`, which is how `serve --workers N` hands the settings
+to each worker process (every worker builds its own app from its environment).
+
+| field              | flag               | environment variable          | default          |
+|--------------------|--------------------|-------------------------------|------------------|
+| host               | --host             | LINGUAGATE_HOST               | 127.0.0.1        |
+| port               | --port             | LINGUAGATE_PORT               | 8080             |
+| upstream_url       | --upstream         | LINGUAGATE_UPSTREAM_URL       | OpenAI's /v1     |
+| upstream_api_key   | (none: secret)     | LINGUAGATE_UPSTREAM_API_KEY   | unset: BYO-key   |
+| policies_dir       | --policies         | LINGUAGATE_POLICIES           | ./policies       |
+| redis_url          | --redis-url        | LINGUAGATE_REDIS_URL          | unset            |
+| workers            | --workers          | LINGUAGATE_WORKERS            | 1                |
+| max_body_bytes     | --max-body-bytes   | LINGUAGATE_MAX_BODY_BYTES     | 33554432 (32 MiB)|
+| log_level          | --log-level        | LINGUAGATE_LOG_LEVEL          | info             |
+| connect_timeout_s  | --connect-timeout  | LINGUAGATE_CONNECT_TIMEOUT    | 10               |
+| read_timeout_s     | --read-timeout     | LINGUAGATE_READ_TIMEOUT       | 600              |
+| max_connections    | --max-connections  | LINGUAGATE_MAX_CONNECTIONS    | 512              |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings", "SettingsError"]
+
+_PREFIX = "LINGUAGATE_"
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable has an unusable value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the proxy process needs to know; immutable once built."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream_url: str = "https://api.openai.com/v1"
+    upstream_api_key: str | None = field(default=None, repr=False)
+    policies_dir: Path = Path("policies")
+    redis_url: str | None = None
+    workers: int = 1
+    max_body_bytes: int = 32 * 1024 * 1024
+    log_level: str = "info"
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0
+    max_connections: int = 512
+
+    def __post_init__(self) -> None:
+        if not self.upstream_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"upstream URL must start with http:// or https://: {self.upstream_url!r}"
+            )
+        # Normalised so that path joining never produces "//".
+        object.__setattr__(self, "upstream_url", self.upstream_url.rstrip("/"))
+        if not 0 < self.port < 65536:
+            raise SettingsError(f"port out of range: {self.port}")
+        if self.workers < 1:
+            raise SettingsError(f"workers must be >= 1: {self.workers}")
+        if self.max_body_bytes < 1:
+            raise SettingsError(f"max body bytes must be >= 1: {self.max_body_bytes}")
+        if self.log_level not in _LOG_LEVELS:
+            raise SettingsError(
+                f"log level must be one of {', '.join(_LOG_LEVELS)}: {self.log_level!r}"
+            )
+        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
+            raise SettingsError("timeouts must be > 0")
+        if self.max_connections < 1:
+            raise SettingsError(f"max connections must be >= 1: {self.max_connections}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from `LINGUAGATE_*` variables; non-None `overrides` (flags) win."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(_env_name(f.name))
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, raw, cls.__dataclass_fields__[f.name].type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` rebuild exactly these settings."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[_env_name(f.name)] = str(value)
+        return env
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (validated again)."""
+        return replace(self, **changes)
+
+
+def _env_name(field_name: str) -> str:
+    special = {
+        "upstream_url": "UPSTREAM_URL",
+        "upstream_api_key": "UPSTREAM_API_KEY",
+        "policies_dir": "POLICIES",
+        "connect_timeout_s": "CONNECT_TIMEOUT",
+        "read_timeout_s": "READ_TIMEOUT",
+    }
+    return _PREFIX + special.get(field_name, field_name.upper())
+
+
+def _convert(name: str, raw: str, annotation: object) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{_env_name(name)} must be a number: {raw!r}") from None
+    if kind == "Path":
+        return Path(raw)
+    if name == "log_level":
+        return raw.lower()
+    return raw

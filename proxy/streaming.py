@@ -1,0 +1,182 @@
+"""Relaying the upstream answer to the client: byte-faithful, unbuffered, cancellable.
+
+`UpstreamRelay` is the ASGI response every proxied route returns. It sends the prepared
+request upstream, relays status, headers and body bytes as they arrive, and watches the
+client connection meanwhile: when the client goes away (even while the upstream is still
+thinking about a non-streaming answer) the work is cancelled and the upstream response is
+closed at once, so no orphaned generation keeps billing the organisation.
+
+Assumption (as in vLLM's `with_cancellation`): the request body has been read before the
+relay runs, so the next `receive()` can only report a disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from starlette.types import Message, Receive, Scope, Send
+
+from proxy.errors import UpstreamError, error_body, error_headers, error_status, sse_error_event
+from proxy.forwarding import ForwardRequest, response_headers_for_client
+from proxy.upstream import UpstreamClient
+
+__all__ = ["UpstreamRelay", "sse_relay"]
+
+_log = logging.getLogger("linguagate.relay")
+
+# A partial event is held back until its boundary arrives; past this size it is flushed
+# anyway so that a stream without boundaries cannot grow a buffer without bound.
+_MAX_PENDING = 1 << 20
+_SSE = b"text/event-stream"
+
+
+def _last_boundary(buf: bytes) -> int:
+    """Offset just past the last complete SSE event in `buf` (0 when there is none)."""
+    if buf.endswith(b"\n\n"):
+        return len(buf)
+    lf = buf.rfind(b"\n\n")
+    crlf = buf.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+async def sse_relay(
+    chunks: AsyncIterator[bytes], *, on_events: Callable[[bytes], None] | None = None
+) -> AsyncIterator[bytes]:
+    """Relay SSE bytes as they arrive, cut on event boundaries (bytes, not decoded text).
+
+    Complete events go out immediately; only an incomplete trailing event (e.g. a UTF-8
+    character split across reads) waits for the rest of its bytes. An upstream failure
+    mid-stream drops that partial event and sends `data: {"error": ...}` instead, so the
+    client always sees well-formed events. `on_events` observes each relayed block of
+    complete events (for accounting) and must not modify anything.
+    """
+    pending = b""
+    try:
+        async for chunk in chunks:
+            if pending:
+                chunk = pending + chunk
+                pending = b""
+            cut = _last_boundary(chunk)
+            if cut < len(chunk):
+                if cut == 0 and len(chunk) < _MAX_PENDING:
+                    pending = chunk
+                    continue
+                if cut > 0:
+                    chunk, pending = chunk[:cut], chunk[cut:]
+            if on_events is not None:
+                on_events(chunk)
+            yield chunk
+        if pending:
+            yield pending
+    except UpstreamError as exc:
+        _log.warning("upstream failed mid-stream: %s", type(exc).__name__)
+        yield sse_error_event(exc)
+
+
+def _overhead_header(request: ForwardRequest, sent: float, received: float) -> tuple[bytes, bytes]:
+    overhead = (sent - request.started) + (time.perf_counter() - received)
+    return (b"x-linguagate-overhead-ms", f"{overhead * 1000:.3f}".encode())
+
+
+class UpstreamRelay:
+    """ASGI response that forwards one `ForwardRequest` and relays the upstream's answer."""
+
+    def __init__(self, upstream: UpstreamClient, request: ForwardRequest) -> None:
+        self._upstream = upstream
+        self._request = request
+        self._completing = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.create_task(self._cancel_on_disconnect(receive, task))
+        try:
+            await self._relay(send)
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled() or not watcher.result():
+                raise
+            task.uncancel()
+            _log.info(
+                "client disconnected; upstream request closed (request_id=%s)",
+                self._request.request_id,
+            )
+        finally:
+            watcher.cancel()
+
+    async def _cancel_on_disconnect(self, receive: Receive, task: asyncio.Task[object]) -> bool:
+        message: Message = await receive()
+        while message["type"] != "http.disconnect":
+            message = await receive()
+        # uvicorn also reports a disconnect once the response is complete: not a cancellation.
+        if self._completing:
+            return False
+        task.cancel()
+        return True
+
+    async def _relay(self, send: Send) -> None:
+        req = self._request
+        sent = time.perf_counter()
+        try:
+            async with self._upstream.stream(
+                req.method, req.url, req.headers, req.content
+            ) as response:
+                received = time.perf_counter()
+                streaming = response.headers.get("content-type", "").encode().startswith(_SSE)
+                headers, has_request_id = response_headers_for_client(
+                    response.headers.raw, streaming=streaming
+                )
+                headers.extend(req.response_headers)
+                own_id = req.request_id.encode("latin-1")
+                if not has_request_id:
+                    headers.append((b"x-request-id", own_id))
+                headers.append((b"x-linguagate-request-id", own_id))
+                if streaming:
+                    headers.append((b"x-accel-buffering", b"no"))
+                headers.append(_overhead_header(req, sent, received))
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status_code,
+                        "headers": headers,
+                    }
+                )
+                chunks = self._upstream.iter_raw(response)
+                body = sse_relay(chunks) if streaming else chunks
+                try:
+                    async for chunk in body:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except UpstreamError as exc:
+                    # A plain body cut short cannot be repaired: end without completing the
+                    # response, which makes the server drop the connection (the client sees it).
+                    _log.warning(
+                        "upstream failed mid-body: %s (request_id=%s)",
+                        type(exc).__name__,
+                        req.request_id,
+                    )
+                    return
+        except UpstreamError as exc:
+            await self._send_error(send, exc)
+            return
+        self._completing = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_error(self, send: Send, exc: UpstreamError) -> None:
+        _log.warning(
+            "upstream request failed: %s (request_id=%s)",
+            type(exc).__name__,
+            self._request.request_id,
+        )
+        body = error_body(exc)
+        headers = [(k.encode(), v.encode()) for k, v in error_headers(exc)]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", self._request.request_id.encode("latin-1")),
+            *self._request.response_headers,
+        ]
+        await send({"type": "http.response.start", "status": error_status(exc), "headers": headers})
+        self._completing = True
+        await send({"type": "http.response.body", "body": body, "more_body": False})
