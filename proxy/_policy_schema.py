@@ -246,7 +246,7 @@ class _Parser:
         digests = self.digests(table.get("api_key_sha256", []))
         if admin and anonymous:
             self.problem(("tenant", "admin"), "an anonymous tenant cannot be admin")
-        if not digests and not anonymous:
+        if not table.get("api_key_sha256") and not anonymous:
             self.problem(
                 ("tenant",), "tenant has no api_key_sha256 and is not anonymous: unreachable"
             )
@@ -340,6 +340,8 @@ def parse_policy(path: Path, data: bytes) -> tuple[Tenant | None, list[Problem]]
 
 def load_directory(directory: Path) -> PolicySnapshot:
     """Load every ``*.toml`` directly in ``directory`` (sorted by name); raise on any problem."""
+    if not Path(directory).is_dir():
+        raise PolicyError([Problem(Path(directory), 1, "not a directory (or does not exist)")])
     try:
         files = sorted(p for p in Path(directory).glob("*.toml") if p.is_file())
     except OSError as exc:

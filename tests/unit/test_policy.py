@@ -264,7 +264,7 @@ def test_load_directory_ignores_subfolders_and_other_files(tmp_path: Path) -> No
 def test_empty_or_missing_directory_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="no \\*.toml policy files"):
         load_directory(tmp_path)
-    with pytest.raises(PolicyError):
+    with pytest.raises(PolicyError, match="not a directory"):
         load_directory(tmp_path / "missing")
 
 
