@@ -335,7 +335,7 @@ def parse_policy(path: Path, data: bytes) -> tuple[Tenant | None, list[Problem]]
         return None, [Problem(path, line, f"invalid TOML: {message}")]
     parser = _Parser(path, text)
     tenant = parser.tenant(doc, hashlib.sha256(data).hexdigest())
-    return tenant, parser.problems
+    return tenant, sorted(parser.problems, key=lambda p: p.line)
 
 
 def load_directory(directory: Path) -> PolicySnapshot:

@@ -198,6 +198,7 @@ class PolicyStore:
 
     def load(self) -> PolicySnapshot:
         """Load and validate every policy file; raise :class:`PolicyError` listing all problems."""
+        # Imported here, not at the top: the schema module builds the types defined above.
         from proxy._policy_schema import load_directory
 
         with self._lock:

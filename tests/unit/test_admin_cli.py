@@ -83,8 +83,8 @@ def test_policies_check_reports_problems(
     assert captured.out.splitlines() == [
         f"{bad}:3: tenant.api_key_sha256[0] must be 64 hex characters (the sha256 of the key:"
         " `linguagate keys hash KEY`); value not shown",
-        f"{bad}:8: unknown key compression.min_tokn (did you mean 'min_tokens'?)",
         f"{bad}:7: compression.rate must be in (0, 1], got 1.5",
+        f"{bad}:8: unknown key compression.min_tokn (did you mean 'min_tokens'?)",
     ]
     assert "sk-plain-key" not in captured.out + captured.err
     assert captured.err.strip() == f"{tmp_path}: 3 problems"

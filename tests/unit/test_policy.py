@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from proxy._policy_schema import load_directory, parse_policy
+from proxy._policy_schema import (
+    _COMPRESSION,
+    _OVERRIDE,
+    _PROTECT,
+    _TENANT_KEYS,
+    load_directory,
+    parse_policy,
+)
+from proxy._toml_lines import key_lines, line_of
 from proxy.policy import (
     CompressionPolicy,
     PolicyError,
@@ -218,7 +228,8 @@ def test_bad_digest_is_reported_without_echoing_the_value() -> None:
 
 def test_all_problems_are_collected() -> None:
     text = tenant_text("t", key=KEY_A) + "[compression]\nrate = 3\nmode = 'x'\ntypo = 1\n"
-    assert [p.split(":")[1] for p in problems_of(text)] == ["7", "5", "6"]
+    # Every problem, in line order.
+    assert [p.split(":")[1] for p in problems_of(text)] == ["5", "6", "7"]
 
 
 def test_toml_syntax_error_uses_tomllib_line() -> None:
@@ -330,6 +341,12 @@ def test_store_hot_reload(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     assert store.reload_if_changed() is True
     assert [t.name for t in store.current.tenants] == ["a"]
 
+    # Removing every file is invalid (no tenants at all): the last snapshot stays.
+    kept = store.current
+    a.unlink()
+    assert store.reload_if_changed() is False
+    assert store.current is kept
+
 
 def test_store_concurrent_readers_always_see_a_complete_snapshot(tmp_path: Path) -> None:
     a = write(tmp_path, "a.toml", tenant_text("a", key=KEY_A))
@@ -362,3 +379,44 @@ def test_store_concurrent_readers_always_see_a_complete_snapshot(tmp_path: Path)
     assert seen and not torn
     final = store.current.tenant("a")
     assert final is not None and final.compression.mode == "enforce"
+
+
+def test_every_field_has_a_toml_key_and_the_example_shows_every_key() -> None:
+    mapped = {name for name, _ in [*_COMPRESSION.values(), *_OVERRIDE.values()]}
+    assert mapped | {"protect"} == {f.name for f in dataclasses.fields(CompressionPolicy)}
+    assert {name for name, _ in _PROTECT.values()} == {
+        f.name for f in dataclasses.fields(ProtectPolicy)
+    }
+    doc = tomllib.loads((REPO / "policies/examples/research.toml").read_text("utf-8"))
+    assert set(doc["tenant"]) == set(_TENANT_KEYS)
+    assert set(doc["compression"]) == {*_COMPRESSION, "protect", "override"}
+    assert set(doc["compression"]["protect"]) == set(_PROTECT)
+    assert set(doc["compression"]["override"]) == set(_OVERRIDE)
+
+
+def test_key_lines_headers_dotted_quoted_and_multiline() -> None:
+    text = (
+        "top = 1\n"
+        '[a . "b.c" ]\n'
+        "x.y = 2\n"
+        "'lit' = 3\n"
+        'doc = """\n'
+        "fake = 4\n"
+        '"""\n'
+        "arr = [\n"
+        "  1,\n"
+        "]\n"
+        "[[list]]\n"
+        "after = 5\n"
+    )
+    lines = key_lines(text)
+    assert lines[("top",)] == 1
+    assert lines[("a", "b.c")] == 2
+    assert lines[("a", "b.c", "x", "y")] == 3
+    assert lines[("a", "b.c", "lit")] == 4
+    assert lines[("a", "b.c", "doc")] == 5
+    assert ("a", "b.c", "fake") not in lines
+    assert lines[("list", "after")] == 12
+    assert line_of(lines, ("a", "b.c", "arr", 0)) == 8
+    assert line_of(lines, ("a", "b.c", "x", "y", "z")) == 3
+    assert line_of(lines, ("nowhere",)) == 1
