@@ -9,6 +9,7 @@ import time
 import uuid
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from proxy.errors import AuthenticationFailed, PayloadTooLarge
 from proxy.forwarding import ForwardRequest, RawHeaderList, request_headers_for_upstream
@@ -57,6 +58,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def _raw_path(scope: Scope) -> str:
+    # The path as the client encoded it (`%2F` stays `%2F`), not the decoded `path`.
+    raw: bytes | None = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else str(scope["path"])
+
+
 def _too_large(limit: int) -> str:
     return f"The request body exceeds the proxy's limit of {limit} bytes."
 
@@ -81,7 +88,7 @@ def forward_request(
     )
     return ForwardRequest(
         method=scope["method"],
-        url=upstream.url_for(scope["path"], scope["query_string"]),
+        url=upstream.url_for(_raw_path(scope), scope["query_string"]),
         headers=headers,
         content=content,
         request_id=request_id,

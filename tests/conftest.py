@@ -2,4 +2,6 @@
 
 pytest_plugins: list[str] = [
     "tests.support.redis",
+    "tests.support.upstream",
+    "tests.support.proxy",
 ]

@@ -206,6 +206,15 @@ def _default_reply(method: str, path: str, body: bytes) -> Reply:
     return error_reply(404, f"Unknown path {path}", code="unknown_url")
 
 
+async def _sleep_unless_disconnected(seconds: float, record: Recorded) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not record.disconnected.is_set():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, 0.02))
+
+
 class _Abort(Exception):
     """Raised inside the ASGI app to make uvicorn drop the connection mid-response."""
 
@@ -282,14 +291,14 @@ class FakeUpstream:
     @staticmethod
     async def _send_reply(reply: Reply, send: Any, record: Recorded) -> None:
         if reply.start_delay_s:
-            await asyncio.sleep(reply.start_delay_s)
+            await _sleep_unless_disconnected(reply.start_delay_s, record)
         headers = [(k.encode(), v.encode()) for k, v in reply.headers]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         for sent, chunk in enumerate(reply.chunks):
             if reply.abort_after is not None and sent >= reply.abort_after:
                 raise _Abort("scripted mid-stream failure")
             if sent and reply.delay_s:
-                await asyncio.sleep(reply.delay_s)
+                await _sleep_unless_disconnected(reply.delay_s, record)
             if record.disconnected.is_set():
                 return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
