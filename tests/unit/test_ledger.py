@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
 
 from proxy.ledger import LedgerRow, MemoryLedger, UsageRecord
+from proxy.report import format_table, load_prices, parse_since
 
 NOW = datetime(2026, 11, 27, 18, 30, tzinfo=UTC)
 
@@ -78,3 +82,58 @@ def test_row_from_counters_and_to_dict() -> None:
     assert row.requests == 2 and row.skips == {"deadline": 1} and row.compression_ms == 1.5
     data = row.to_dict()
     assert data["tenant"] == "t" and data["skips"] == {"deadline": 1} and data["saved_tokens"] == 0
+
+
+# --- report formatting (proxy.report), the ledger's reading surface ---
+
+def test_parse_since_relative_and_iso() -> None:
+    assert parse_since("24h", NOW) == NOW - timedelta(hours=24)
+    assert parse_since("7d", NOW) == NOW - timedelta(days=7)
+    assert parse_since(" 30m ", NOW) == NOW - timedelta(minutes=30)
+    assert parse_since("2w", NOW) == NOW - timedelta(weeks=2)
+    assert parse_since("2026-11-01", NOW) == datetime(2026, 11, 1, tzinfo=UTC)
+    assert parse_since("2026-11-01T05:00:00+02:00", NOW) == datetime(2026, 11, 1, 3, tzinfo=UTC)
+    with pytest.raises(ValueError, match="ISO date"):
+        parse_since("yesterday", NOW)
+
+
+def test_price_table_longest_glob_wins_and_file_overrides(tmp_path: Path) -> None:
+    table = load_prices(None)
+    assert table.price_for("gpt-4o-2024-08-06") == 2.50
+    assert table.price_for("gpt-4o-mini") == 0.15
+    assert table.price_for("gpt-4-0613") == 30.0
+    assert table.price_for("SmolLM2-135M-Instruct") is None
+    assert table.dollars("gpt-4o", 2_000_000) == 5.0
+    toml = tmp_path / "prices.toml"
+    toml.write_text('[prices]\n"gpt-4o*" = 5.0\n"smol*" = 0\n')
+    custom = load_prices(toml)
+    assert custom.price_for("gpt-4o") == 5.0 and custom.price_for("SmolLM2") == 0.0
+    assert custom.price_for("gpt-4o-mini") == 0.15
+    js = tmp_path / "prices.json"
+    js.write_text('{"my-model": 1.5}')
+    assert load_prices(js).price_for("my-model") == 1.5
+    js.write_text('{"my-model": "cheap"}')
+    with pytest.raises(ValueError, match="must be a number"):
+        load_prices(js)
+
+
+def test_format_table_aligns_and_totals() -> None:
+    rows = [
+        LedgerRow("research", "gpt-4o", requests=10, original_tokens=1_000_000,
+                  forwarded_tokens=400_000, saved_tokens=600_000),
+        LedgerRow("sales", "local-model", requests=2, original_tokens=100, forwarded_tokens=100,
+                  shadow_requests=2, would_save_tokens=70),
+    ]
+    text = format_table(rows, load_prices(None))
+    lines = text.splitlines()
+    assert lines[0].split() == ["tenant", "model", "requests", "original", "forwarded", "saved",
+                                "saved", "%", "est.", "$", "saved"]
+    assert set(lines[1]) <= {"-", " "}
+    assert lines[2].split() == ["research", "gpt-4o", "10", "1,000,000", "400,000", "600,000",
+                                "60.0%", "$1.50"]
+    assert lines[3].split() == ["sales", "local-model", "2", "100", "100", "0", "0.0%", "-"]
+    assert lines[4].split() == ["TOTAL", "12", "1,000,100", "400,100", "600,000", "60.0%",
+                                "$1.50"]
+    assert len({len(line) for line in lines[:2]}) == 1          # header and rule align
+    assert lines[2].index("$1.50") + 5 == len(lines[0])        # money column right-aligned
+    assert lines[5] == "shadow: sales/local-model would have saved 70 tokens in 2 requests (-)"
