@@ -21,13 +21,14 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = [
     "KEY_PREFIX",
@@ -46,6 +47,7 @@ __all__ = [
 
 KEY_PREFIX = "lg:v1"
 _T = TypeVar("_T")
+_POOL_EXHAUSTED = "No connection available."  # redis-py's BlockingConnectionPool wait timeout
 log = logging.getLogger(__name__)
 
 
@@ -100,8 +102,12 @@ class BackendStatus:
 
 
 class CompressionCache(Protocol):
+    """Never raises: failures are misses and dropped writes."""
+
     async def get(self, key: str) -> str | None: ...
     async def set(self, key: str, value: str) -> None: ...
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]: ...
+    async def set_many(self, items: Mapping[str, str]) -> None: ...
     def status(self) -> BackendStatus: ...
     async def close(self) -> None: ...
 
@@ -144,6 +150,13 @@ class MemoryCache:
         self.bytes += size
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
+
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        return [await self.get(key) for key in keys]
+
+    async def set_many(self, items: Mapping[str, str]) -> None:
+        for key, value in items.items():
+            await self.set(key, value)
 
     def _drop(self, key: str) -> None:
         _value, _expires, size = self._entries.pop(key)
@@ -188,6 +201,10 @@ class CircuitBreaker:
         self._open_until = None
         self._probing = False
 
+    def abandon(self) -> None:
+        """The call allowed by ``allow()`` ended without telling anything about Redis."""
+        self._probing = False
+
     def failure(self) -> None:
         self.failures += 1
         self._probing = False
@@ -204,11 +221,14 @@ class RedisSettings:
     backoff_s: float = 3.0
     ttl_s: int = 7 * 86400
     max_connections: int = 32
+    # Wait for a free pooled connection; shorter than the deadline, so a saturated
+    # pool reads as "busy" (a miss) rather than as an outage.
+    pool_timeout_s: float = 0.1
 
     @property
     def op_deadline_s(self) -> float:
-        # Belt and braces over the socket timeouts: connect + handshake + command.
-        return self.connect_timeout_s + 2 * self.socket_timeout_s + 0.05
+        # Belt and braces over the socket timeouts: pool wait + connect + handshake + command.
+        return self.pool_timeout_s + self.connect_timeout_s + 2 * self.socket_timeout_s + 0.05
 
 
 def connect_redis(url: str, settings: RedisSettings = RedisSettings()) -> aioredis.Redis:
@@ -220,7 +240,7 @@ def connect_redis(url: str, settings: RedisSettings = RedisSettings()) -> aiored
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=settings.max_connections,
-        timeout=settings.op_deadline_s,
+        timeout=settings.pool_timeout_s,
         socket_timeout=settings.socket_timeout_s,
         socket_connect_timeout=settings.connect_timeout_s,
         health_check_interval=settings.health_check_interval_s,
@@ -240,6 +260,7 @@ class FailOpenRedis:
         self.breaker = CircuitBreaker(settings.backoff_s, clock)
         self._owns_client = owns_client
         self.errors = 0
+        self.busy = 0          # misses because every pooled connection was in use
         self.last_error = ""
 
     async def call(self, op: Callable[[], Awaitable[_T]]) -> _T | None:
@@ -247,18 +268,29 @@ class FailOpenRedis:
             return None
         try:
             result = await asyncio.wait_for(op(), self.settings.op_deadline_s)
+        except RedisConnectionError as exc:
+            if str(exc) != _POOL_EXHAUSTED:
+                self._failed(exc)
+                return None
+            # Every connection is busy (a local burst, not an outage): a miss, no breaker trip.
+            self.busy += 1
+            self.breaker.abandon()
+            return None
         except Exception as exc:  # any Redis failure must fail open
-            self.errors += 1
-            self.last_error = type(exc).__name__
-            if not self.breaker.is_open:
-                log.warning("redis %s unavailable (%s): degrading for %.1fs",
-                            self.name, self.last_error, self.settings.backoff_s)
-            self.breaker.failure()
+            self._failed(exc)
             return None
         if self.breaker.is_open:
             log.info("redis %s is back", self.name)
         self.breaker.success()
         return result
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        self.last_error = type(exc).__name__
+        if not self.breaker.is_open:
+            log.warning("redis %s unavailable (%s): degrading for %.1fs",
+                        self.name, self.last_error, self.settings.backoff_s)
+        self.breaker.failure()
 
     async def ping(self) -> bool:
         return bool(await self.call(self.client.ping))
@@ -274,6 +306,15 @@ class FailOpenRedis:
                 await self.client.aclose()
             except Exception:  # closing a dead connection may fail; nothing to do
                 log.debug("redis %s close failed", self.name)
+
+
+def _decode(raw: object) -> str | None:
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
 
 
 class RedisCache:
@@ -294,17 +335,32 @@ class RedisCache:
         return self._redis.breaker
 
     async def get(self, key: str) -> str | None:
-        raw = await self._redis.call(lambda: self._redis.client.get(key))
-        if not isinstance(raw, bytes):
-            return None
-        try:
-            return raw.decode("utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            return None
+        return _decode(await self._redis.call(lambda: self._redis.client.get(key)))
 
     async def set(self, key: str, value: str) -> None:
         data = value.encode("utf-8", "surrogatepass")
         await self._redis.call(lambda: self._redis.client.set(key, data, ex=self.ttl_s))
+
+    async def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """One MGET for all of a request's components."""
+        if not keys:
+            return []
+        raw = await self._redis.call(lambda: self._redis.client.mget(list(keys)))
+        if not isinstance(raw, list) or len(raw) != len(keys):
+            return [None] * len(keys)
+        return [_decode(value) for value in raw]
+
+    async def set_many(self, items: Mapping[str, str]) -> None:
+        if not items:
+            return
+
+        async def _write() -> None:
+            async with self._redis.client.pipeline(transaction=False) as pipe:
+                for key, value in items.items():
+                    pipe.set(key, value.encode("utf-8", "surrogatepass"), ex=self.ttl_s)
+                await pipe.execute()
+
+        await self._redis.call(_write)
 
     async def ping(self) -> bool:
         """Round-trip to Redis (through the breaker: no I/O while it is open)."""

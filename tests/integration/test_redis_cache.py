@@ -38,6 +38,34 @@ async def test_set_get_and_ttl(redis_url: str, raw: aioredis.Redis) -> None:
     await cache.close()
 
 
+async def test_get_many_set_many(redis_url: str, raw: aioredis.Redis) -> None:
+    cache = RedisCache.from_url(redis_url, FAST)
+    keys = [key_for("t", f"component {i}") for i in range(3)]
+    await cache.set_many({keys[0]: "zero", keys[2]: "two ✓"})
+    assert await cache.get_many(keys) == ["zero", None, "two ✓"]
+    assert await cache.get_many([]) == []
+    assert 0 < await raw.ttl(keys[2]) <= 60
+    await raw.set(keys[1], b"\xff\xfe")          # not UTF-8: a miss, not an exception
+    assert await cache.get(keys[1]) is None
+    await cache.close()
+
+
+async def test_saturated_pool_is_a_miss_not_an_outage(redis_url: str) -> None:
+    settings = RedisSettings(socket_timeout_s=2.0, connect_timeout_s=1.0, pool_timeout_s=0.05,
+                             max_connections=1)
+    cache = RedisCache.from_url(redis_url, settings)
+    await cache.set("k", "v")
+    client = cache._redis.client
+    # Hold the only connection for a while (BLPOP on an empty list waits 0.5 s).
+    holder = asyncio.ensure_future(client.blpop(["empty-list"], timeout=0.5))
+    await asyncio.sleep(0.05)
+    assert await cache.get("k") is None
+    assert cache._redis.busy == 1 and cache.status().ok and cache.status().errors == 0
+    await holder
+    assert await cache.get("k") == "v"
+    await cache.close()
+
+
 async def test_tenants_never_share_entries(redis_url: str, raw: aioredis.Redis) -> None:
     cache = RedisCache.from_url(redis_url, FAST)
     text = "Shared few-shot block with a secret: sk-abc"
@@ -59,19 +87,19 @@ async def test_redis_killed_mid_test_degrades_to_misses(redis_server: RedisServe
     assert await cache.get(k) == "v"
 
     redis_server.stop()
-    assert await cache.get(k) is None          # fails once, opens the breaker
+    assert await cache.get(k) is None  # fails once, opens the breaker
     assert not cache.status().ok
     errors = cache.status().errors
     assert errors >= 1
-    for _ in range(50):                         # breaker open: no I/O, no errors, no raise
+    for _ in range(50):  # breaker open: no I/O, no errors, no raise
         assert await cache.get(k) is None
         await cache.set(k, "dropped")
     assert cache.status().errors == errors
     assert cache.breaker.skipped >= 100
 
-    redis_server.start()                        # same port, empty (no persistence)
+    redis_server.start()  # same port, empty (no persistence)
     await asyncio.sleep(FAST.backoff_s + 0.05)
-    assert await cache.get(k) is None           # the probe succeeds: a real miss
+    assert await cache.get(k) is None  # the probe succeeds: a real miss
     assert cache.status().ok
     await cache.set(k, "again")
     assert await cache.get(k) == "again"

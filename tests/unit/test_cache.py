@@ -111,6 +111,13 @@ async def test_memory_cache_bounds_bytes() -> None:
     assert cache.status().ok and cache.status().backend == "memory"
 
 
+async def test_memory_cache_many() -> None:
+    cache = MemoryCache()
+    await cache.set_many({"a": "1", "b": "2"})
+    assert await cache.get_many(["a", "x", "b"]) == ["1", None, "2"]
+    assert await cache.get_many([]) == []
+
+
 def test_breaker_opens_backs_off_and_probes_once() -> None:
     clock = Clock()
     breaker = CircuitBreaker(backoff_s=5, clock=clock)
@@ -127,3 +134,13 @@ def test_breaker_opens_backs_off_and_probes_once() -> None:
     breaker.success()
     assert not breaker.is_open and breaker.allow() and breaker.allow()
     assert breaker.failures == 2 and breaker.skipped == 3
+
+
+def test_abandoned_probe_lets_the_next_caller_probe() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(backoff_s=1, clock=clock)
+    breaker.failure()
+    clock.now += 1
+    assert breaker.allow()
+    breaker.abandon()
+    assert breaker.is_open and breaker.allow()
