@@ -66,12 +66,25 @@ def _json_default(value: Any) -> Any:
 
 def canonical_json(value: Any) -> str:
     """Deterministic JSON (sorted keys, no spaces, dataclasses as dicts, NaN refused)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False, default=_json_default)
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_json_default,
+    )
 
 
-def cache_key(tenant: str, policy_version: str, component_kind: str, text: str,
-              knobs: Mapping[str, Any], model_id: str, algo_version: str) -> str:
+def cache_key(
+    tenant: str,
+    policy_version: str,
+    component_kind: str,
+    text: str,
+    knobs: Mapping[str, Any],
+    model_id: str,
+    algo_version: str,
+) -> str:
     """Cache key for one compressed component.
 
     ``knobs`` holds everything else that changes the output (rates, protect rules,
@@ -95,9 +108,9 @@ def cache_key(tenant: str, policy_version: str, component_kind: str, text: str,
 class BackendStatus:
     """What ``/readyz`` and ``/metrics`` show about a cache or ledger backend."""
 
-    backend: str           # "memory" or "redis"
-    ok: bool               # False while the circuit breaker is open
-    errors: int            # failed operations since start
+    backend: str  # "memory" or "redis"
+    ok: bool  # False while the circuit breaker is open
+    errors: int  # failed operations since start
     detail: str = ""
 
 
@@ -115,9 +128,14 @@ class CompressionCache(Protocol):
 class MemoryCache:
     """Bounded in-process LRU (entries and UTF-8 bytes of keys + values) with a TTL."""
 
-    def __init__(self, *, max_entries: int = 10_000, max_bytes: int = 64 * 2**20,
-                 ttl_s: float | None = 7 * 86400,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 * 2**20,
+        ttl_s: float | None = 7 * 86400,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
@@ -252,15 +270,22 @@ def connect_redis(url: str, settings: RedisSettings = RedisSettings()) -> aiored
 class FailOpenRedis:
     """Runs Redis calls under a deadline and a circuit breaker; failures become ``None``."""
 
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings, *, name: str,
-                 owns_client: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: RedisSettings,
+        *,
+        name: str,
+        owns_client: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.settings = settings
         self.name = name
         self.breaker = CircuitBreaker(settings.backoff_s, clock)
         self._owns_client = owns_client
         self.errors = 0
-        self.busy = 0          # misses because every pooled connection was in use
+        self.busy = 0  # misses because every pooled connection was in use
         self.last_error = ""
 
     async def call(self, op: Callable[[], Awaitable[_T]]) -> _T | None:
@@ -288,8 +313,12 @@ class FailOpenRedis:
         self.errors += 1
         self.last_error = type(exc).__name__
         if not self.breaker.is_open:
-            log.warning("redis %s unavailable (%s): degrading for %.1fs",
-                        self.name, self.last_error, self.settings.backoff_s)
+            log.warning(
+                "redis %s unavailable (%s): degrading for %.1fs",
+                self.name,
+                self.last_error,
+                self.settings.backoff_s,
+            )
         self.breaker.failure()
 
     async def ping(self) -> bool:
@@ -320,10 +349,17 @@ def _decode(raw: object) -> str | None:
 class RedisCache:
     """``CompressionCache`` on Redis: ``SET key value EX ttl`` / ``GET``; never raises."""
 
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings = RedisSettings(), *,
-                 owns_client: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
-        self._redis = FailOpenRedis(client, settings, name="cache", owns_client=owns_client,
-                                    clock=clock)
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: RedisSettings = RedisSettings(),
+        *,
+        owns_client: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = FailOpenRedis(
+            client, settings, name="cache", owns_client=owns_client, clock=clock
+        )
         self.ttl_s = settings.ttl_s
 
     @classmethod

@@ -53,9 +53,18 @@ __all__ = [
 
 # Integer counters, in the order reports show them; compression_ms is the one float.
 COUNTERS = (
-    "requests", "original_tokens", "forwarded_tokens", "saved_tokens", "compressed_requests",
-    "shadow_requests", "would_forward_tokens", "would_save_tokens", "cache_hits",
-    "cache_misses", "upstream_usage_requests", "upstream_prompt_tokens",
+    "requests",
+    "original_tokens",
+    "forwarded_tokens",
+    "saved_tokens",
+    "compressed_requests",
+    "shadow_requests",
+    "would_forward_tokens",
+    "would_save_tokens",
+    "cache_hits",
+    "cache_misses",
+    "upstream_usage_requests",
+    "upstream_prompt_tokens",
     "upstream_completion_tokens",
 )
 _SKIP = "skip:"
@@ -82,14 +91,14 @@ class UsageRecord:
     outcome: str
     original_tokens: int
     forwarded_tokens: int
-    would_forward_tokens: int | None = None   # shadow mode: what compression would have sent
+    would_forward_tokens: int | None = None  # shadow mode: what compression would have sent
     compression_ms: float = 0.0
     cache_hits: int = 0
     cache_misses: int = 0
     skip_reason: str | None = None
     upstream_prompt_tokens: int | None = None  # the upstream's own ``usage``, when it sent one
     upstream_completion_tokens: int | None = None
-    at: datetime | None = None                 # default: now (UTC)
+    at: datetime | None = None  # default: now (UTC)
 
     def increments(self) -> dict[str, float]:
         """Counter deltas (zero deltas left out); ``compression_ms`` is the only float."""
@@ -149,9 +158,14 @@ class LedgerRow:
     @classmethod
     def from_counters(cls, tenant: str, model: str, counters: Mapping[str, float]) -> LedgerRow:
         ints = {name: int(counters.get(name, 0)) for name in COUNTERS}
-        skips = {k[len(_SKIP):]: int(v) for k, v in counters.items() if k.startswith(_SKIP)}
-        return cls(tenant, model, compression_ms=float(counters.get("compression_ms", 0.0)),
-                   skips=dict(sorted(skips.items())), **ints)
+        skips = {k[len(_SKIP) :]: int(v) for k, v in counters.items() if k.startswith(_SKIP)}
+        return cls(
+            tenant,
+            model,
+            compression_ms=float(counters.get("compression_ms", 0.0)),
+            skips=dict(sorted(skips.items())),
+            **ints,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for ``GET /v1/linguagate/usage``)."""
@@ -160,8 +174,9 @@ class LedgerRow:
 
 class Ledger(Protocol):
     async def record(self, rec: UsageRecord) -> None: ...
-    async def totals(self, tenant: str | None = None,
-                     since: datetime | None = None) -> list[LedgerRow]: ...
+    async def totals(
+        self, tenant: str | None = None, since: datetime | None = None
+    ) -> list[LedgerRow]: ...
     def status(self) -> BackendStatus: ...
     async def close(self) -> None: ...
 
@@ -180,8 +195,12 @@ def _add(into: dict[str, float], inc: Mapping[str, float]) -> None:
 class MemoryLedger:
     """In-process ledger (lost on restart); same semantics as ``RedisLedger``."""
 
-    def __init__(self, *, retention: timedelta = _RETENTION,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        *,
+        retention: timedelta = _RETENTION,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.retention = retention
         self._now = now
         self._totals: dict[tuple[str, str], dict[str, float]] = {}
@@ -200,8 +219,9 @@ class MemoryLedger:
         for bucket in [b for b in self._hourly if b[2] < oldest]:
             del self._hourly[bucket]
 
-    async def totals(self, tenant: str | None = None,
-                     since: datetime | None = None) -> list[LedgerRow]:
+    async def totals(
+        self, tenant: str | None = None, since: datetime | None = None
+    ) -> list[LedgerRow]:
         sums: dict[tuple[str, str], dict[str, float]] = {}
         if since is None:
             sums = {k: dict(v) for k, v in self._totals.items() if tenant in (None, k[0])}
@@ -242,13 +262,21 @@ class RedisLedger:
     server applied the transaction can count it twice). ``close()`` flushes.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: RedisSettings = _SETTINGS, *,
-                 owns_client: bool = True, retention: timedelta = _RETENTION,
-                 flush_interval_s: float = 1.0, max_pending: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._redis = FailOpenRedis(client, settings, name="ledger", owns_client=owns_client,
-                                    clock=clock)
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        settings: RedisSettings = _SETTINGS,
+        *,
+        owns_client: bool = True,
+        retention: timedelta = _RETENTION,
+        flush_interval_s: float = 1.0,
+        max_pending: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._redis = FailOpenRedis(
+            client, settings, name="ledger", owns_client=owns_client, clock=clock
+        )
         self.retention = retention
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
@@ -269,7 +297,7 @@ class RedisLedger:
     async def record(self, rec: UsageRecord) -> None:
         bucket = (rec.tenant, rec.model, rec.hour())
         if bucket not in self._pending and len(self._pending) >= self.max_pending:
-            self.dropped += 1   # bounded memory during a long outage
+            self.dropped += 1  # bounded memory during a long outage
             return
         _add(self._pending.setdefault(bucket, {}), rec.increments())
         if self._flusher is None or self._flusher.done():
@@ -312,9 +340,12 @@ class RedisLedger:
                 pipe.sadd(_TENANTS_KEY, tenant)
                 pipe.sadd(f"{tenant_namespace(tenant)}:ledger:models", model)
             writes: list[tuple[str, str, str, Mapping[str, float]]] = [
-                (f"{_model_prefix(t, m)}:total", t, m, inc) for (t, m), inc in totals.items()]
-            writes += [(f"{_model_prefix(t, m)}:h:{hour:%Y%m%d%H}", t, m, inc)
-                       for (t, m, hour), inc in batch.items()]
+                (f"{_model_prefix(t, m)}:total", t, m, inc) for (t, m), inc in totals.items()
+            ]
+            writes += [
+                (f"{_model_prefix(t, m)}:h:{hour:%Y%m%d%H}", t, m, inc)
+                for (t, m, hour), inc in batch.items()
+            ]
             for key, tenant, model, inc in writes:
                 pipe.hset(key, "_tenant", tenant)
                 pipe.hset(key, "_model", model)
@@ -328,8 +359,9 @@ class RedisLedger:
             await pipe.execute()
         return True
 
-    async def totals(self, tenant: str | None = None,
-                     since: datetime | None = None) -> list[LedgerRow]:
+    async def totals(
+        self, tenant: str | None = None, since: datetime | None = None
+    ) -> list[LedgerRow]:
         """Rows for one tenant (or all when ``tenant`` is None), all-time or since ``since``."""
         await self.flush()
         client = self._redis.client
@@ -367,7 +399,7 @@ class RedisLedger:
         rows = []
         for i, model in enumerate(models):
             sums: dict[str, float] = {}
-            for raw in hashes[i * len(suffixes):(i + 1) * len(suffixes)]:
+            for raw in hashes[i * len(suffixes) : (i + 1) * len(suffixes)]:
                 fields = _decode(raw)
                 # The digest prefix could in theory collide: the stored names decide.
                 if fields.pop("_tenant", tenant) != tenant or fields.pop("_model", model) != model:

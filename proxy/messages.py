@@ -70,8 +70,10 @@ _INSTRUCTION_JOIN = "\n\n"
 
 _DOC_TAG = re.compile(r"<document\b[^>]*>(.*?)</document\s*>", re.IGNORECASE | re.DOTALL)
 _SEPARATOR = re.compile(r"^[ \t]*(?:-{3,}|={3,})[ \t]*$", re.MULTILINE)
-_HEADER = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*)?document[ \t]*(?:\[\d+\]|\d+)[ \t]*[:.)]?",
-                     re.IGNORECASE | re.MULTILINE)
+_HEADER = re.compile(
+    r"^[ \t]*(?:#{1,6}[ \t]*)?document[ \t]*(?:\[\d+\]|\d+)[ \t]*[:.)]?",
+    re.IGNORECASE | re.MULTILINE,
+)
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
 _TOOL_ROLES = frozenset({"tool", "function"})
@@ -89,7 +91,7 @@ class Item:
     text: str
     role: str
     compressible: bool = True
-    reason: str | None = None      # why not compressible
+    reason: str | None = None  # why not compressible
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class ChatComponents:
     """The items of one request, in body order, plus what the compressor must respect."""
 
     items: tuple[Item, ...]
-    texts: Mapping[Path, str] = field(default_factory=dict)   # every text string seen, by path
+    texts: Mapping[Path, str] = field(default_factory=dict)  # every text string seen, by path
     model: str | None = None
     json_word_required: bool = False
 
@@ -130,7 +132,7 @@ class ChatComponents:
 class _Segment:
     start: int
     end: int
-    document: bool     # inside <document> tags
+    document: bool  # inside <document> tags
 
 
 def _trimmed(text: str, start: int, end: int, document: bool = False) -> _Segment | None:
@@ -206,8 +208,11 @@ def _text_slots(content: Any, base: Path) -> Iterator[tuple[Path, str]]:
         yield base, content
     elif isinstance(content, list):
         for i, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") == "text" \
-                    and isinstance(part.get("text"), str):
+            if (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
                 yield (*base, i, "text"), part["text"]
 
 
@@ -219,9 +224,18 @@ class _Builder:
 
     def add(self, kind: Kind, path: Path, text: str, seg: _Segment, role: str) -> None:
         protected = role in _TOOL_ROLES and not self.compress_json and _is_json(text)
-        self.items.append(Item(kind, path, seg.start, seg.end, text[seg.start:seg.end], role,
-                               compressible=not protected,
-                               reason="json_tool_result" if protected else None))
+        self.items.append(
+            Item(
+                kind,
+                path,
+                seg.start,
+                seg.end,
+                text[seg.start : seg.end],
+                role,
+                compressible=not protected,
+                reason="json_tool_result" if protected else None,
+            )
+        )
 
     def message(self, index: int, message: Mapping[str, Any], final_user: bool) -> None:
         role = message.get("role")
@@ -242,14 +256,16 @@ class _Builder:
                     self.add("demonstration", path, text, seg, role)
 
 
-def split_chat(body: Mapping[str, Any], *, compress_json_tool_results: bool = False
-               ) -> ChatComponents:
+def split_chat(
+    body: Mapping[str, Any], *, compress_json_tool_results: bool = False
+) -> ChatComponents:
     """Items of a ``/v1/chat/completions`` body (see the module docstring for the rules)."""
     messages = body.get("messages")
     builder = _Builder(compress_json_tool_results)
     if isinstance(messages, list):
-        users = [i for i, m in enumerate(messages)
-                 if isinstance(m, dict) and m.get("role") == "user"]
+        users = [
+            i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"
+        ]
         final_user = users[-1] if users else -1
         for i, message in enumerate(messages):
             if isinstance(message, dict):
@@ -257,8 +273,9 @@ def split_chat(body: Mapping[str, Any], *, compress_json_tool_results: bool = Fa
     response_format = body.get("response_format")
     json_object = isinstance(response_format, dict) and response_format.get("type") == "json_object"
     model = body.get("model")
-    return ChatComponents(tuple(builder.items), builder.texts,
-                          model if isinstance(model, str) else None, json_object)
+    return ChatComponents(
+        tuple(builder.items), builder.texts, model if isinstance(model, str) else None, json_object
+    )
 
 
 def split_completion(body: Mapping[str, Any]) -> ChatComponents:
@@ -270,12 +287,12 @@ def split_completion(body: Mapping[str, Any]) -> ChatComponents:
         builder.texts[("prompt",)] = prompt
         for kind, seg in _final_turn(prompt):
             builder.add(kind, ("prompt",), prompt, seg, "prompt")
-    return ChatComponents(tuple(builder.items), builder.texts,
-                          model if isinstance(model, str) else None)
+    return ChatComponents(
+        tuple(builder.items), builder.texts, model if isinstance(model, str) else None
+    )
 
 
-def replacements_for(components: ChatComponents, compressed: Mapping[Item, str]
-                     ) -> dict[Path, str]:
+def replacements_for(components: ChatComponents, compressed: Mapping[Item, str]) -> dict[Path, str]:
     """New full strings per path for ``proxy.rewrite.replace_strings``.
 
     ``compressed`` maps items to their new text (items left out stay as they are).
@@ -297,22 +314,26 @@ def replacements_for(components: ChatComponents, compressed: Mapping[Item, str]
         original = components.texts[path]
         text = original
         for item, new in sorted(edits, key=lambda e: e[0].start, reverse=True):
-            text = text[:item.start] + new + text[item.end:]
+            text = text[: item.start] + new + text[item.end :]
         if text != original:
             out[path] = text
     return out
 
 
-def text_token_count(components: ChatComponents, model: str | None = None,
-                     replacements: Mapping[Path, str] | None = None) -> int:
+def text_token_count(
+    components: ChatComponents,
+    model: str | None = None,
+    replacements: Mapping[Path, str] | None = None,
+) -> int:
     """Target-model tokens of the request's message text (not framing, roles or tool schemas).
 
     With ``replacements``, counts the text as it will be forwarded.
     """
     target = model if model is not None else components.model
     edits = replacements or {}
-    return sum(count_tokens(edits.get(path, text), target)
-               for path, text in components.texts.items())
+    return sum(
+        count_tokens(edits.get(path, text), target) for path, text in components.texts.items()
+    )
 
 
 class _ResultLike(Protocol):
@@ -356,5 +377,7 @@ def compressor_inputs(components: ChatComponents) -> CompressorInputs:
         instruction=_INSTRUCTION_JOIN.join(i.text for i in inst),
         demonstrations=tuple(i.text for i in demos),
         question=_INSTRUCTION_JOIN.join(i.text for i in quest),
-        instruction_items=inst, demonstration_items=demos, question_items=quest,
+        instruction_items=inst,
+        demonstration_items=demos,
+        question_items=quest,
     )

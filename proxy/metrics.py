@@ -50,12 +50,16 @@ class _BackendCollector(Collector):
         self.sources: dict[str, Callable[[], BackendStatus]] = {}
 
     def collect(self) -> Iterable[Metric]:
-        up = GaugeMetricFamily("linguagate_redis_up",
-                               "1 when the Redis-backed component answers, 0 while degraded",
-                               labels=["component"])
-        errors = CounterMetricFamily("linguagate_backend_errors",
-                                     "Failed cache/ledger backend operations",
-                                     labels=["component", "backend"])
+        up = GaugeMetricFamily(
+            "linguagate_redis_up",
+            "1 when the Redis-backed component answers, 0 while degraded",
+            labels=["component"],
+        )
+        errors = CounterMetricFamily(
+            "linguagate_backend_errors",
+            "Failed cache/ledger backend operations",
+            labels=["component", "backend"],
+        )
         for component, source in sorted(self.sources.items()):
             status = source()
             if status.backend == "redis":
@@ -79,31 +83,59 @@ class Metrics:
         self._backends = _BackendCollector()
         r = self.registry
         tm = ["tenant", "model"]
-        self.requests = Counter("linguagate_requests", "Chat/completions requests seen",
-                                [*tm, "outcome"], registry=r)
-        self.original_tokens = Counter("linguagate_original_tokens",
-                                       "Target-model tokens of the client's message text", tm,
-                                       registry=r)
-        self.forwarded_tokens = Counter("linguagate_forwarded_tokens",
-                                        "Target-model tokens of the message text sent upstream", tm,
-                                        registry=r)
-        self.saved_tokens = Counter("linguagate_saved_tokens",
-                                    "Original minus forwarded tokens", tm, registry=r)
-        self.shadow_would_save = Counter("linguagate_shadow_would_save_tokens",
-                                         "Tokens shadow mode would have saved", tm, registry=r)
-        self.skips = Counter("linguagate_skips", "Requests not compressed, by reason",
-                             [*tm, "reason"], registry=r)
-        self.cache = Counter("linguagate_cache_lookups", "Compression cache lookups per component",
-                             ["tenant", "result"], registry=r)
-        self.upstream_tokens = Counter("linguagate_upstream_tokens",
-                                       "Tokens from the upstream's own usage report",
-                                       [*tm, "kind"], registry=r)
-        self.compression_rate = Histogram("linguagate_compression_rate",
-                                          "Forwarded/original tokens of compressed requests", tm,
-                                          buckets=_RATE_BUCKETS, registry=r)
-        self.compression_seconds = Histogram("linguagate_compression_seconds",
-                                             "Time spent compressing a request", tm,
-                                             buckets=_SECONDS_BUCKETS, registry=r)
+        self.requests = Counter(
+            "linguagate_requests", "Chat/completions requests seen", [*tm, "outcome"], registry=r
+        )
+        self.original_tokens = Counter(
+            "linguagate_original_tokens",
+            "Target-model tokens of the client's message text",
+            tm,
+            registry=r,
+        )
+        self.forwarded_tokens = Counter(
+            "linguagate_forwarded_tokens",
+            "Target-model tokens of the message text sent upstream",
+            tm,
+            registry=r,
+        )
+        self.saved_tokens = Counter(
+            "linguagate_saved_tokens", "Original minus forwarded tokens", tm, registry=r
+        )
+        self.shadow_would_save = Counter(
+            "linguagate_shadow_would_save_tokens",
+            "Tokens shadow mode would have saved",
+            tm,
+            registry=r,
+        )
+        self.skips = Counter(
+            "linguagate_skips", "Requests not compressed, by reason", [*tm, "reason"], registry=r
+        )
+        self.cache = Counter(
+            "linguagate_cache_lookups",
+            "Compression cache lookups per component",
+            ["tenant", "result"],
+            registry=r,
+        )
+        self.upstream_tokens = Counter(
+            "linguagate_upstream_tokens",
+            "Tokens from the upstream's own usage report",
+            [*tm, "kind"],
+            registry=r,
+        )
+        self.compression_rate = Histogram(
+            "linguagate_compression_rate",
+            "Forwarded/original tokens of compressed requests",
+            tm,
+            buckets=_RATE_BUCKETS,
+            registry=r,
+        )
+        self.compression_seconds = Histogram(
+            "linguagate_compression_seconds",
+            "Time spent compressing a request",
+            tm,
+            buckets=_SECONDS_BUCKETS,
+            registry=r,
+        )
         r.register(self._backends)
 
     def add_backend(self, component: str, status: Callable[[], BackendStatus]) -> None:
@@ -124,8 +156,9 @@ class Metrics:
         self.requests.labels(tenant, model, rec.outcome).inc()
         self.original_tokens.labels(tenant, model).inc(rec.original_tokens)
         self.forwarded_tokens.labels(tenant, model).inc(rec.forwarded_tokens)
-        self.saved_tokens.labels(tenant, model).inc(max(rec.original_tokens - rec.forwarded_tokens,
-                                                        0))
+        self.saved_tokens.labels(tenant, model).inc(
+            max(rec.original_tokens - rec.forwarded_tokens, 0)
+        )
         if rec.skip_reason:
             self.skips.labels(tenant, model, rec.skip_reason).inc()
         if rec.cache_hits:
@@ -136,7 +169,8 @@ class Metrics:
             self.upstream_tokens.labels(tenant, model, "prompt").inc(rec.upstream_prompt_tokens)
         if rec.upstream_completion_tokens is not None:
             self.upstream_tokens.labels(tenant, model, "completion").inc(
-                rec.upstream_completion_tokens)
+                rec.upstream_completion_tokens
+            )
         if rec.compression_ms > 0:
             self.compression_seconds.labels(tenant, model).observe(rec.compression_ms / 1000)
         sent = rec.would_forward_tokens if rec.outcome == "shadow" else rec.forwarded_tokens

@@ -40,13 +40,26 @@ __all__ = [
 ]
 
 # USD per 1M input tokens (list prices, estimates; override with --prices).
-DEFAULT_PRICES: Mapping[str, float] = MappingProxyType({
-    "gpt-5*": 1.25, "gpt-5-mini*": 0.25, "gpt-5-nano*": 0.05,
-    "gpt-4.1*": 2.00, "gpt-4.1-mini*": 0.40, "gpt-4.1-nano*": 0.10,
-    "gpt-4o*": 2.50, "gpt-4o-mini*": 0.15,
-    "gpt-4*": 30.00, "gpt-4-turbo*": 10.00, "gpt-3.5-turbo*": 0.50,
-    "o1*": 15.00, "o1-mini*": 1.10, "o3*": 2.00, "o3-mini*": 1.10, "o4-mini*": 1.10,
-})
+DEFAULT_PRICES: Mapping[str, float] = MappingProxyType(
+    {
+        "gpt-5*": 1.25,
+        "gpt-5-mini*": 0.25,
+        "gpt-5-nano*": 0.05,
+        "gpt-4.1*": 2.00,
+        "gpt-4.1-mini*": 0.40,
+        "gpt-4.1-nano*": 0.10,
+        "gpt-4o*": 2.50,
+        "gpt-4o-mini*": 0.15,
+        "gpt-4*": 30.00,
+        "gpt-4-turbo*": 10.00,
+        "gpt-3.5-turbo*": 0.50,
+        "o1*": 15.00,
+        "o1-mini*": 1.10,
+        "o3*": 2.00,
+        "o3-mini*": 1.10,
+        "o4-mini*": 1.10,
+    }
+)
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _REPORT_SETTINGS = RedisSettings(socket_timeout_s=5.0, connect_timeout_s=2.0, backoff_s=0.0)
@@ -104,36 +117,66 @@ def _money(value: float | None) -> str:
 
 def format_table(rows: Sequence[LedgerRow], prices: PriceTable) -> str:
     """Aligned text table, one line per (tenant, model), plus a total line."""
-    header = ["tenant", "model", "requests", "original", "forwarded", "saved", "saved %",
-              "est. $ saved"]
+    header = [
+        "tenant",
+        "model",
+        "requests",
+        "original",
+        "forwarded",
+        "saved",
+        "saved %",
+        "est. $ saved",
+    ]
     lines: list[list[str]] = [header]
     total_money: float | None = None
     for r in rows:
         money = prices.dollars(r.model, r.saved_tokens)
         if money is not None:
             total_money = (total_money or 0.0) + money
-        lines.append([r.tenant, r.model, f"{r.requests:,}", f"{r.original_tokens:,}",
-                      f"{r.forwarded_tokens:,}", f"{r.saved_tokens:,}",
-                      f"{100 * r.saved_fraction:.1f}%", _money(money)])
+        lines.append(
+            [
+                r.tenant,
+                r.model,
+                f"{r.requests:,}",
+                f"{r.original_tokens:,}",
+                f"{r.forwarded_tokens:,}",
+                f"{r.saved_tokens:,}",
+                f"{100 * r.saved_fraction:.1f}%",
+                _money(money),
+            ]
+        )
     if len(rows) > 1:
         orig = sum(r.original_tokens for r in rows)
         saved = sum(r.saved_tokens for r in rows)
-        lines.append(["TOTAL", "", f"{sum(r.requests for r in rows):,}", f"{orig:,}",
-                      f"{sum(r.forwarded_tokens for r in rows):,}", f"{saved:,}",
-                      f"{100 * saved / orig if orig else 0.0:.1f}%", _money(total_money)])
+        lines.append(
+            [
+                "TOTAL",
+                "",
+                f"{sum(r.requests for r in rows):,}",
+                f"{orig:,}",
+                f"{sum(r.forwarded_tokens for r in rows):,}",
+                f"{saved:,}",
+                f"{100 * saved / orig if orig else 0.0:.1f}%",
+                _money(total_money),
+            ]
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = []
     for n, line in enumerate(lines):
-        cells = [c.ljust(w) if i < 2 else c.rjust(w)
-                 for i, (c, w) in enumerate(zip(line, widths, strict=True))]
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
         out.append("  ".join(cells).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     shadow = [r for r in rows if r.shadow_requests]
     for r in shadow:
         would = _money(prices.dollars(r.model, r.would_save_tokens))
-        out.append(f"shadow: {r.tenant}/{r.model} would have saved {r.would_save_tokens:,} "
-                   f"tokens in {r.shadow_requests:,} requests ({would})")
+        out.append(
+            f"shadow: {r.tenant}/{r.model} would have saved {r.would_save_tokens:,} "
+            f"tokens in {r.shadow_requests:,} requests ({would})"
+        )
     return "\n".join(out)
 
 
@@ -149,9 +192,12 @@ def run_report(args: argparse.Namespace) -> int:
     """Entry point of ``linguagate report`` (exit status)."""
     url = args.redis_url or os.environ.get("LINGUAGATE_REDIS_URL")
     if not url:
-        print("linguagate report: no ledger to read: pass --redis-url (or set "
-              "LINGUAGATE_REDIS_URL); without Redis the ledger lives in the serving process "
-              "(GET /v1/linguagate/usage)", file=sys.stderr)
+        print(
+            "linguagate report: no ledger to read: pass --redis-url (or set "
+            "LINGUAGATE_REDIS_URL); without Redis the ledger lives in the serving process "
+            "(GET /v1/linguagate/usage)",
+            file=sys.stderr,
+        )
         return 2
     try:
         since = parse_since(args.since) if args.since else None
@@ -176,17 +222,28 @@ def run_report(args: argparse.Namespace) -> int:
 def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``report`` on the ``linguagate`` subparsers."""
     report = sub.add_parser(
-        "report", help="print the savings ledger per tenant and model",
+        "report",
+        help="print the savings ledger per tenant and model",
         description="Print requests, original/forwarded/saved prompt tokens and estimated money "
         "saved per tenant and model, from the Redis ledger. --since uses hourly buckets "
         "(kept 30 days); without it, all-time totals.",
     )
-    report.add_argument("--redis-url", metavar="URL",
-                        help="Redis holding the ledger (default: LINGUAGATE_REDIS_URL)")
+    report.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis holding the ledger (default: LINGUAGATE_REDIS_URL)",
+    )
     report.add_argument("--tenant", metavar="T", help="only this tenant")
-    report.add_argument("--since", metavar="D",
-                        help="ISO date/datetime (UTC when naive) or relative: 30m, 24h, 7d, 2w")
-    report.add_argument("--prices", type=Path, metavar="FILE",
-                        help="TOML/JSON table of model glob = USD per 1M input tokens")
+    report.add_argument(
+        "--since",
+        metavar="D",
+        help="ISO date/datetime (UTC when naive) or relative: 30m, 24h, 7d, 2w",
+    )
+    report.add_argument(
+        "--prices",
+        type=Path,
+        metavar="FILE",
+        help="TOML/JSON table of model glob = USD per 1M input tokens",
+    )
     report.add_argument("--json", action="store_true", help="print rows as JSON")
     report.set_defaults(func=run_report)

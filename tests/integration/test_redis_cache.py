@@ -45,14 +45,15 @@ async def test_get_many_set_many(redis_url: str, raw: aioredis.Redis) -> None:
     assert await cache.get_many(keys) == ["zero", None, "two ✓"]
     assert await cache.get_many([]) == []
     assert 0 < await raw.ttl(keys[2]) <= 60
-    await raw.set(keys[1], b"\xff\xfe")          # not UTF-8: a miss, not an exception
+    await raw.set(keys[1], b"\xff\xfe")  # not UTF-8: a miss, not an exception
     assert await cache.get(keys[1]) is None
     await cache.close()
 
 
 async def test_saturated_pool_is_a_miss_not_an_outage(redis_url: str) -> None:
-    settings = RedisSettings(socket_timeout_s=2.0, connect_timeout_s=1.0, pool_timeout_s=0.05,
-                             max_connections=1)
+    settings = RedisSettings(
+        socket_timeout_s=2.0, connect_timeout_s=1.0, pool_timeout_s=0.05, max_connections=1
+    )
     cache = RedisCache.from_url(redis_url, settings)
     await cache.set("k", "v")
     client = cache._redis.client

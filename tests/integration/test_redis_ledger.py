@@ -17,8 +17,12 @@ FAST = RedisSettings(socket_timeout_s=0.5, connect_timeout_s=0.5, backoff_s=0.2)
 
 
 def rec(tenant: str = "research", model: str = "gpt-4o", **kw: object) -> UsageRecord:
-    args: dict[str, object] = {"outcome": "applied", "original_tokens": 100,
-                               "forwarded_tokens": 40, "compression_ms": 0.25}
+    args: dict[str, object] = {
+        "outcome": "applied",
+        "original_tokens": 100,
+        "forwarded_tokens": 40,
+        "compression_ms": 0.25,
+    }
     args.update(kw)
     return UsageRecord(tenant, model, **args)  # type: ignore[arg-type]
 
@@ -29,7 +33,7 @@ async def test_concurrent_increments_add_up_and_persist(redis_url: str) -> None:
     await ledger.record(rec(outcome="skipped", forwarded_tokens=100, skip_reason="deadline"))
     await ledger.close()
 
-    reopened = RedisLedger.from_url(redis_url, FAST)   # a new client: a restarted proxy
+    reopened = RedisLedger.from_url(redis_url, FAST)  # a new client: a restarted proxy
     [row] = await reopened.totals("research")
     assert row.requests == 201 and row.original_tokens == 20_100
     assert row.forwarded_tokens == 200 * 40 + 100 and row.saved_tokens == 200 * 60
@@ -58,8 +62,9 @@ async def test_tenant_isolation_and_key_names(redis_url: str) -> None:
     await raw.aclose()
     assert "lg:v1:ledger:tenants" in keys
     for key in keys - {"lg:v1:ledger:tenants"}:
-        assert re.fullmatch(r"lg:v1:[0-9a-f]{16}:ledger:(models|m:[0-9a-f]{16}:(total|h:\d{10}))",
-                            key), key
+        assert re.fullmatch(
+            r"lg:v1:[0-9a-f]{16}:ledger:(models|m:[0-9a-f]{16}:(total|h:\d{10}))", key
+        ), key
     await ledger.close()
 
 
@@ -84,14 +89,14 @@ async def test_redis_outage_never_fails_recording(redis_server: RedisServer) -> 
     assert await ledger.flush()
     redis_server.stop()
     for _ in range(20):
-        await ledger.record(rec())          # no I/O on the request path, never raises
-    assert not await ledger.flush()         # kept for later
+        await ledger.record(rec())  # no I/O on the request path, never raises
+    assert not await ledger.flush()  # kept for later
     assert not ledger.status().ok and ledger.status().errors >= 1
     assert ledger.pending == 1
     with pytest.raises(LedgerUnavailable):
         await ledger.totals()
 
-    redis_server.start()                    # empty server (no persistence), same port
+    redis_server.start()  # empty server (no persistence), same port
     await asyncio.sleep(FAST.backoff_s + 0.05)
     [row] = await ledger.totals("research")  # flushes the 20 kept increments first
     assert row.requests == 20 and ledger.pending == 0 and ledger.status().ok
@@ -108,8 +113,9 @@ async def test_pending_is_bounded_during_an_outage(redis_server: RedisServer) ->
 
 
 async def test_black_hole_record_returns(black_hole: BlackHole) -> None:
-    ledger = RedisLedger.from_url(black_hole.url, RedisSettings(socket_timeout_s=0.1,
-                                                                connect_timeout_s=0.1))
+    ledger = RedisLedger.from_url(
+        black_hole.url, RedisSettings(socket_timeout_s=0.1, connect_timeout_s=0.1)
+    )
     await asyncio.wait_for(ledger.record(rec()), 5)
     assert not await asyncio.wait_for(ledger.flush(), 5)
     assert not ledger.status().ok

@@ -27,31 +27,54 @@ async def _fill(url: str) -> None:
     for _ in range(3):
         await ledger.record(UsageRecord("research", "gpt-4o", "applied", 1000, 400))
     await ledger.record(UsageRecord("research", "gpt-4o", "applied", 1000, 400, at=old))
-    await ledger.record(UsageRecord("sales", "gpt-4o-mini", "skipped", 100, 100,
-                                    skip_reason="below_min_tokens"))
+    await ledger.record(
+        UsageRecord("sales", "gpt-4o-mini", "skipped", 100, 100, skip_reason="below_min_tokens")
+    )
     await ledger.close()
 
 
-async def test_report_prints_the_ledger(redis_url: str,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+async def test_report_prints_the_ledger(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     await _fill(redis_url)
     # run() drives its own event loop, as the CLI does: give it a thread.
     assert await asyncio.to_thread(run, ["report", "--redis-url", redis_url]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:6] == ["tenant", "model", "requests", "original", "forwarded",
-                                    "saved"]
-    assert lines[2].split() == ["research", "gpt-4o", "4", "4,000", "1,600", "2,400", "60.0%",
-                                "$0.01"]
+    assert lines[0].split()[:6] == ["tenant", "model", "requests", "original", "forwarded", "saved"]
+    assert lines[2].split() == [
+        "research",
+        "gpt-4o",
+        "4",
+        "4,000",
+        "1,600",
+        "2,400",
+        "60.0%",
+        "$0.01",
+    ]
     assert lines[3].split() == ["sales", "gpt-4o-mini", "1", "100", "100", "0", "0.0%", "$0.00"]
     assert lines[4].split()[:2] == ["TOTAL", "5"]
 
-    assert await asyncio.to_thread(run, ["report", "--redis-url", redis_url, "--since", "24h",
-                                         "--tenant", "research", "--json"]) == 0
+    assert (
+        await asyncio.to_thread(
+            run,
+            [
+                "report",
+                "--redis-url",
+                redis_url,
+                "--since",
+                "24h",
+                "--tenant",
+                "research",
+                "--json",
+            ],
+        )
+        == 0
+    )
     [row] = json.loads(capsys.readouterr().out)
     assert (row["tenant"], row["requests"], row["saved_tokens"]) == ("research", 3, 1800)
 
-    assert await asyncio.to_thread(run, ["report", "--redis-url", redis_url,
-                                         "--tenant", "nobody"]) == 0
+    assert (
+        await asyncio.to_thread(run, ["report", "--redis-url", redis_url, "--tenant", "nobody"])
+        == 0
+    )
     assert capsys.readouterr().out.strip() == "no usage recorded"
 
 

@@ -27,8 +27,11 @@ KNOBS = {"rate": 0.5, "segment_tokens": 128, "protect": {"number": True}}
 
 def key(tenant: str = "research", text: str = "You are a helpful assistant.", **kw: object) -> str:
     args: dict[str, object] = {
-        "policy_version": "p1", "component_kind": "instruction", "knobs": KNOBS,
-        "model_id": "smollm2@abc", "algo_version": "1",
+        "policy_version": "p1",
+        "component_kind": "instruction",
+        "knobs": KNOBS,
+        "model_id": "smollm2@abc",
+        "algo_version": "1",
     }
     args.update(kw)
     return cache_key(tenant, text=text, **args)  # type: ignore[arg-type]
@@ -47,11 +50,18 @@ def test_key_is_deterministic_and_knob_order_free() -> None:
     assert key() == key() == key(knobs=reordered)
 
 
-@pytest.mark.parametrize("change", [
-    {"tenant": "other"}, {"text": "You are a helpful assistant!"}, {"policy_version": "p2"},
-    {"component_kind": "demonstration"}, {"knobs": {**KNOBS, "rate": 0.4}},
-    {"model_id": "smollm2@abd"}, {"algo_version": "2"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"tenant": "other"},
+        {"text": "You are a helpful assistant!"},
+        {"policy_version": "p2"},
+        {"component_kind": "demonstration"},
+        {"knobs": {**KNOBS, "rate": 0.4}},
+        {"model_id": "smollm2@abd"},
+        {"algo_version": "2"},
+    ],
+)
 def test_every_input_changes_the_key(change: dict[str, object]) -> None:
     assert key(**change) != key()  # type: ignore[arg-type]
 
@@ -67,8 +77,10 @@ def test_canonical_json_handles_dataclasses_and_rejects_nan() -> None:
         number: bool
         regexes: tuple[str, ...]
 
-    assert canonical_json({"b": Rules(True, ("x",)), "a": 1}) == \
-        '{"a":1,"b":{"number":true,"regexes":["x"]}}'
+    assert (
+        canonical_json({"b": Rules(True, ("x",)), "a": 1})
+        == '{"a":1,"b":{"number":true,"regexes":["x"]}}'
+    )
     with pytest.raises(ValueError):
         canonical_json({"rate": float("nan")})
 
@@ -90,7 +102,7 @@ async def test_memory_cache_evicts_least_recently_used_by_entries() -> None:
     cache = MemoryCache(max_entries=2)
     await cache.set("a", "1")
     await cache.set("b", "2")
-    assert await cache.get("a") == "1"   # a is now most recent
+    assert await cache.get("a") == "1"  # a is now most recent
     await cache.set("c", "3")
     assert await cache.get("b") is None
     assert await cache.get("a") == "1" and await cache.get("c") == "3"
@@ -98,15 +110,15 @@ async def test_memory_cache_evicts_least_recently_used_by_entries() -> None:
 
 async def test_memory_cache_bounds_bytes() -> None:
     cache = MemoryCache(max_bytes=30)
-    await cache.set("k1", "x" * 10)   # 12 bytes
-    await cache.set("k2", "é" * 5)    # 2 + 10 bytes
+    await cache.set("k1", "x" * 10)  # 12 bytes
+    await cache.set("k2", "é" * 5)  # 2 + 10 bytes
     assert cache.bytes == 24
-    await cache.set("k3", "y" * 10)   # 36 > 30: k1 goes
+    await cache.set("k3", "y" * 10)  # 36 > 30: k1 goes
     assert await cache.get("k1") is None
     assert cache.bytes == 24
     await cache.set("huge", "z" * 100)  # larger than the whole cache: not stored
     assert await cache.get("huge") is None and cache.bytes == 24
-    await cache.set("k2", "short")     # overwrite adjusts the byte count
+    await cache.set("k2", "short")  # overwrite adjusts the byte count
     assert cache.bytes == 12 + 7
     assert cache.status().ok and cache.status().backend == "memory"
 
@@ -125,8 +137,8 @@ def test_breaker_opens_backs_off_and_probes_once() -> None:
     breaker.failure()
     assert breaker.is_open and not breaker.allow()
     clock.now += 5
-    assert breaker.allow()            # the probe
-    assert not breaker.allow()        # only one probe at a time
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one probe at a time
     breaker.failure()
     assert not breaker.allow()
     clock.now += 5

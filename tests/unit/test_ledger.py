@@ -12,19 +12,36 @@ NOW = datetime(2026, 11, 27, 18, 30, tzinfo=UTC)
 
 
 def rec(tenant: str = "research", model: str = "gpt-4o", **kw: object) -> UsageRecord:
-    args: dict[str, object] = {"outcome": "applied", "original_tokens": 1000,
-                               "forwarded_tokens": 400, "at": NOW}
+    args: dict[str, object] = {
+        "outcome": "applied",
+        "original_tokens": 1000,
+        "forwarded_tokens": 400,
+        "at": NOW,
+    }
     args.update(kw)
     return UsageRecord(tenant, model, **args)  # type: ignore[arg-type]
 
 
 def test_increments_of_an_applied_request() -> None:
-    inc = rec(compression_ms=12.5, cache_hits=2, cache_misses=1,
-              upstream_prompt_tokens=410, upstream_completion_tokens=0).increments()
-    assert inc == {"requests": 1, "original_tokens": 1000, "forwarded_tokens": 400,
-                   "saved_tokens": 600, "compressed_requests": 1, "cache_hits": 2,
-                   "cache_misses": 1, "compression_ms": 12.5, "upstream_usage_requests": 1,
-                   "upstream_prompt_tokens": 410}
+    inc = rec(
+        compression_ms=12.5,
+        cache_hits=2,
+        cache_misses=1,
+        upstream_prompt_tokens=410,
+        upstream_completion_tokens=0,
+    ).increments()
+    assert inc == {
+        "requests": 1,
+        "original_tokens": 1000,
+        "forwarded_tokens": 400,
+        "saved_tokens": 600,
+        "compressed_requests": 1,
+        "cache_hits": 2,
+        "cache_misses": 1,
+        "compression_ms": 12.5,
+        "upstream_usage_requests": 1,
+        "upstream_prompt_tokens": 410,
+    }
 
 
 def test_increments_of_shadow_and_skipped_requests() -> None:
@@ -32,8 +49,12 @@ def test_increments_of_shadow_and_skipped_requests() -> None:
     assert "saved_tokens" not in shadow
     assert shadow["shadow_requests"] == 1 and shadow["would_save_tokens"] == 700
     skipped = rec(outcome="skipped", forwarded_tokens=1000, skip_reason="below_min_tokens")
-    assert skipped.increments() == {"requests": 1, "original_tokens": 1000,
-                                    "forwarded_tokens": 1000, "skip:below_min_tokens": 1}
+    assert skipped.increments() == {
+        "requests": 1,
+        "original_tokens": 1000,
+        "forwarded_tokens": 1000,
+        "skip:below_min_tokens": 1,
+    }
 
 
 def test_hour_bucket_is_utc_floor() -> None:
@@ -47,15 +68,23 @@ async def test_memory_ledger_totals_per_tenant_and_model() -> None:
     await ledger.record(rec())
     await ledger.record(rec(compression_ms=5.0, skip_reason=None))
     await ledger.record(rec(outcome="skipped", forwarded_tokens=1000, skip_reason="deadline"))
-    await ledger.record(rec(model="gpt-4o-mini", original_tokens=10, forwarded_tokens=10,
-                            outcome="off"))
+    await ledger.record(
+        rec(model="gpt-4o-mini", original_tokens=10, forwarded_tokens=10, outcome="off")
+    )
     await ledger.record(rec(tenant="sales"))
     rows = await ledger.totals()
     assert [(r.tenant, r.model) for r in rows] == [
-        ("research", "gpt-4o"), ("research", "gpt-4o-mini"), ("sales", "gpt-4o")]
+        ("research", "gpt-4o"),
+        ("research", "gpt-4o-mini"),
+        ("sales", "gpt-4o"),
+    ]
     top = rows[0]
-    assert (top.requests, top.original_tokens, top.forwarded_tokens, top.saved_tokens) == \
-        (3, 3000, 1800, 1200)
+    assert (top.requests, top.original_tokens, top.forwarded_tokens, top.saved_tokens) == (
+        3,
+        3000,
+        1800,
+        1200,
+    )
     assert top.compressed_requests == 2 and top.skips == {"deadline": 1}
     assert top.compression_ms == 5.0 and abs(top.saved_fraction - 0.4) < 1e-9
     assert [r.tenant for r in await ledger.totals("sales")] == ["sales"]
@@ -65,10 +94,10 @@ async def test_memory_ledger_totals_per_tenant_and_model() -> None:
 async def test_memory_ledger_since_uses_hourly_buckets_and_expires_them() -> None:
     now = [NOW]
     ledger = MemoryLedger(retention=timedelta(days=30), now=lambda: now[0])
-    await ledger.record(rec(at=NOW - timedelta(days=40)))     # beyond retention
+    await ledger.record(rec(at=NOW - timedelta(days=40)))  # beyond retention
     await ledger.record(rec(at=NOW - timedelta(hours=30)))
     await ledger.record(rec(at=NOW - timedelta(minutes=10)))  # same hour as NOW
-    assert (await ledger.totals())[0].requests == 3          # all-time keeps everything
+    assert (await ledger.totals())[0].requests == 3  # all-time keeps everything
     assert (await ledger.totals(since=NOW - timedelta(hours=1)))[0].requests == 1
     assert (await ledger.totals(since=NOW - timedelta(days=2)))[0].requests == 2
     # the 40-day-old bucket was dropped when a newer bucket was created
@@ -77,14 +106,16 @@ async def test_memory_ledger_since_uses_hourly_buckets_and_expires_them() -> Non
 
 
 def test_row_from_counters_and_to_dict() -> None:
-    row = LedgerRow.from_counters("t", "m", {"requests": 2.0, "skip:deadline": 1.0,
-                                             "compression_ms": 1.5})
+    row = LedgerRow.from_counters(
+        "t", "m", {"requests": 2.0, "skip:deadline": 1.0, "compression_ms": 1.5}
+    )
     assert row.requests == 2 and row.skips == {"deadline": 1} and row.compression_ms == 1.5
     data = row.to_dict()
     assert data["tenant"] == "t" and data["skips"] == {"deadline": 1} and data["saved_tokens"] == 0
 
 
 # --- report formatting (proxy.report), the ledger's reading surface ---
+
 
 def test_parse_since_relative_and_iso() -> None:
     assert parse_since("24h", NOW) == NOW - timedelta(hours=24)
@@ -119,21 +150,52 @@ def test_price_table_longest_glob_wins_and_file_overrides(tmp_path: Path) -> Non
 
 def test_format_table_aligns_and_totals() -> None:
     rows = [
-        LedgerRow("research", "gpt-4o", requests=10, original_tokens=1_000_000,
-                  forwarded_tokens=400_000, saved_tokens=600_000),
-        LedgerRow("sales", "local-model", requests=2, original_tokens=100, forwarded_tokens=100,
-                  shadow_requests=2, would_save_tokens=70),
+        LedgerRow(
+            "research",
+            "gpt-4o",
+            requests=10,
+            original_tokens=1_000_000,
+            forwarded_tokens=400_000,
+            saved_tokens=600_000,
+        ),
+        LedgerRow(
+            "sales",
+            "local-model",
+            requests=2,
+            original_tokens=100,
+            forwarded_tokens=100,
+            shadow_requests=2,
+            would_save_tokens=70,
+        ),
     ]
     text = format_table(rows, load_prices(None))
     lines = text.splitlines()
-    assert lines[0].split() == ["tenant", "model", "requests", "original", "forwarded", "saved",
-                                "saved", "%", "est.", "$", "saved"]
+    assert lines[0].split() == [
+        "tenant",
+        "model",
+        "requests",
+        "original",
+        "forwarded",
+        "saved",
+        "saved",
+        "%",
+        "est.",
+        "$",
+        "saved",
+    ]
     assert set(lines[1]) <= {"-", " "}
-    assert lines[2].split() == ["research", "gpt-4o", "10", "1,000,000", "400,000", "600,000",
-                                "60.0%", "$1.50"]
+    assert lines[2].split() == [
+        "research",
+        "gpt-4o",
+        "10",
+        "1,000,000",
+        "400,000",
+        "600,000",
+        "60.0%",
+        "$1.50",
+    ]
     assert lines[3].split() == ["sales", "local-model", "2", "100", "100", "0", "0.0%", "-"]
-    assert lines[4].split() == ["TOTAL", "12", "1,000,100", "400,100", "600,000", "60.0%",
-                                "$1.50"]
-    assert len({len(line) for line in lines[:2]}) == 1          # header and rule align
-    assert lines[2].index("$1.50") + 5 == len(lines[0])        # money column right-aligned
+    assert lines[4].split() == ["TOTAL", "12", "1,000,100", "400,100", "600,000", "60.0%", "$1.50"]
+    assert len({len(line) for line in lines[:2]}) == 1  # header and rule align
+    assert lines[2].index("$1.50") + 5 == len(lines[0])  # money column right-aligned
     assert lines[5] == "shadow: sales/local-model would have saved 70 tokens in 2 requests (-)"

@@ -23,13 +23,16 @@ def kinds(body: dict[str, Any], **kw: bool) -> list[tuple[str, tuple[str | int, 
 
 
 def test_roles_map_to_instruction_demonstrations_question() -> None:
-    body = {"model": "gpt-4o", "messages": [
-        {"role": "system", "content": "You are terse."},
-        {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
-        {"role": "user", "content": "Q: 2+2?"},
-        {"role": "assistant", "content": "A: 4", "name": "bot"},
-        {"role": "user", "content": "Q: 3+3?"},
-    ]}
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
+            {"role": "user", "content": "Q: 2+2?"},
+            {"role": "assistant", "content": "A: 4", "name": "bot"},
+            {"role": "user", "content": "Q: 3+3?"},
+        ],
+    }
     assert kinds(body) == [
         ("instruction", ("messages", 0, "content"), "You are terse."),
         ("instruction", ("messages", 1, "content", 0, "text"), "Answer in French."),
@@ -47,31 +50,55 @@ def test_final_turn_last_paragraph_is_the_question() -> None:
         ("question", "What is the answer?"),
     ]
     for item in items:
-        assert text[item.start:item.end] == item.text
+        assert text[item.start : item.end] == item.text
 
 
 def test_non_text_parts_tool_calls_and_refusals_are_never_items() -> None:
-    body = {"messages": [
-        {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"},
-        {"role": "tool", "tool_call_id": "call_2", "content": "It is sunny in Paris today."},
-        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"},
-                                          {"type": "text", "text": "Sunny, 21C."}]},
-        {"role": "user", "content": [
-            {"type": "text", "text": "Here is a photo."},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
-            {"type": "text", "text": "What is in it?"},
-        ]},
-    ], "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]}
+    body = {
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
+            {"role": "tool", "tool_call_id": "call_2", "content": "It is sunny in Paris today."},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "refusal", "refusal": "no"},
+                    {"type": "text", "text": "Sunny, 21C."},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Here is a photo."},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+                    {"type": "text", "text": "What is in it?"},
+                ],
+            },
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+    }
     comps = split_chat(body)
     paths = {i.path for i in comps.items}
-    assert paths == {("messages", 0, "content"), ("messages", 2, "content"),
-                     ("messages", 3, "content"), ("messages", 4, "content", 1, "text"),
-                     ("messages", 5, "content", 0, "text"), ("messages", 5, "content", 3, "text")}
+    assert paths == {
+        ("messages", 0, "content"),
+        ("messages", 2, "content"),
+        ("messages", 3, "content"),
+        ("messages", 4, "content", 1, "text"),
+        ("messages", 5, "content", 0, "text"),
+        ("messages", 5, "content", 3, "text"),
+    }
     [json_tool] = [i for i in comps.items if i.path == ("messages", 2, "content")]
     assert not json_tool.compressible and json_tool.reason == "json_tool_result"
     assert [i.text for i in comps.question] == ["What is in it?"]
@@ -82,21 +109,32 @@ def test_non_text_parts_tool_calls_and_refusals_are_never_items() -> None:
 
 def test_documents_in_tags_separators_and_headers() -> None:
     tagged = "Use these.\n<document id=1>Alpha text.</document>\n<document>Beta text.</document>"
-    assert [tagged[s:e] for s, e in split_documents(tagged)] == \
-        ["Use these.", "Alpha text.", "Beta text."]
+    assert [tagged[s:e] for s, e in split_documents(tagged)] == [
+        "Use these.",
+        "Alpha text.",
+        "Beta text.",
+    ]
     separated = "First doc.\n---\nSecond doc.\n=====\n\nThird doc."
-    assert [separated[s:e] for s, e in split_documents(separated)] == \
-        ["First doc.", "Second doc.", "Third doc."]
+    assert [separated[s:e] for s, e in split_documents(separated)] == [
+        "First doc.",
+        "Second doc.",
+        "Third doc.",
+    ]
     headed = "Answer from the results.\nDocument [1](Title: A) alpha.\nDocument [2](Title: B) beta."
-    assert [headed[s:e] for s, e in split_documents(headed)] == \
-        ["Answer from the results.", "(Title: A) alpha.", "(Title: B) beta."]
+    assert [headed[s:e] for s, e in split_documents(headed)] == [
+        "Answer from the results.",
+        "(Title: A) alpha.",
+        "(Title: B) beta.",
+    ]
     assert split_documents("  plain  ") == [(2, 7)]
     assert split_documents(" \n ") == []
 
 
 def test_final_turn_with_documents() -> None:
-    nq = ("Write an answer using the search results.\n\nDocument [1](Title: A) Alpha.\n\n"
-          "Document [2](Title: B) Beta.\n\nQuestion: who?\nAnswer:")
+    nq = (
+        "Write an answer using the search results.\n\nDocument [1](Title: A) Alpha.\n\n"
+        "Document [2](Title: B) Beta.\n\nQuestion: who?\nAnswer:"
+    )
     items = split_chat({"messages": [{"role": "user", "content": nq}]}).items
     assert [(i.kind, i.text) for i in items] == [
         ("demonstration", "Write an answer using the search results."),
@@ -108,12 +146,16 @@ def test_final_turn_with_documents() -> None:
     items = split_chat({"messages": [{"role": "user", "content": q_first}]}).items
     assert [(i.kind, i.text) for i in items] == [
         ("question", "Summarise the documents."),
-        ("demonstration", "One."), ("demonstration", "Two.")]
+        ("demonstration", "One."),
+        ("demonstration", "Two."),
+    ]
 
 
 def test_json_object_response_format_requires_json_word() -> None:
-    body = {"messages": [{"role": "user", "content": "Reply in JSON."}],
-            "response_format": {"type": "json_object"}}
+    body = {
+        "messages": [{"role": "user", "content": "Reply in JSON."}],
+        "response_format": {"type": "json_object"},
+    }
     comps = split_chat(body)
     assert comps.json_word_required and comps.protect_regexes == (r"\bJSON\b",)
     schema = {**body, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}
@@ -123,22 +165,31 @@ def test_json_object_response_format_requires_json_word() -> None:
 def test_malformed_bodies_give_no_items() -> None:
     assert split_chat({}).items == ()
     assert split_chat({"messages": "nope"}).items == ()
-    assert split_chat({"messages": [1, {"role": "user", "content": 5},
-                                    {"role": "wizard", "content": "x"},
-                                    {"content": "no role"}]}).items == ()
+    assert (
+        split_chat(
+            {
+                "messages": [
+                    1,
+                    {"role": "user", "content": 5},
+                    {"role": "wizard", "content": "x"},
+                    {"content": "no role"},
+                ]
+            }
+        ).items
+        == ()
+    )
 
 
 def test_replacements_splice_documents_and_skip_unchanged() -> None:
     text = "Intro.\n---\nDoc one is long.\n---\nDoc two is long.\n\nQuestion?"
-    body = {"messages": [{"role": "system", "content": "Sys."},
-                         {"role": "user", "content": text}]}
+    body = {"messages": [{"role": "system", "content": "Sys."}, {"role": "user", "content": text}]}
     comps = split_chat(body)
     demos = comps.demonstrations
     assert [d.text for d in demos] == ["Intro.", "Doc one is long.", "Doc two is long."]
-    new = replacements_for(comps, {demos[1]: "Doc one.", demos[2]: "Doc two.",
-                                   comps.instruction[0]: "Sys."})
-    assert new == {("messages", 1, "content"):
-                   "Intro.\n---\nDoc one.\n---\nDoc two.\n\nQuestion?"}
+    new = replacements_for(
+        comps, {demos[1]: "Doc one.", demos[2]: "Doc two.", comps.instruction[0]: "Sys."}
+    )
+    assert new == {("messages", 1, "content"): "Intro.\n---\nDoc one.\n---\nDoc two.\n\nQuestion?"}
     assert replacements_for(comps, {}) == {}
 
 
@@ -162,13 +213,15 @@ class FakeResult:
 
 
 def test_compressor_inputs_round_trip() -> None:
-    body = {"messages": [
-        {"role": "system", "content": "You are a careful assistant."},
-        {"role": "user", "content": "Example question one"},
-        {"role": "assistant", "content": "Example answer one"},
-        {"role": "tool", "content": "{\"a\": 1}"},
-        {"role": "user", "content": "Real question"},
-    ]}
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are a careful assistant."},
+            {"role": "user", "content": "Example question one"},
+            {"role": "assistant", "content": "Example answer one"},
+            {"role": "tool", "content": '{"a": 1}'},
+            {"role": "user", "content": "Real question"},
+        ]
+    }
     comps = split_chat(body)
     inputs = compressor_inputs(comps)
     assert inputs.instruction == "You are a careful assistant."
@@ -176,17 +229,23 @@ def test_compressor_inputs_round_trip() -> None:
     assert inputs.question == "Real question"
     result = FakeResult("You are careful.", ("question one", ""), "Real question")
     new = replacements_for(comps, inputs.assign(result))
-    assert new == {("messages", 0, "content"): "You are careful.",
-                   ("messages", 1, "content"): "question one",
-                   ("messages", 2, "content"): ""}
+    assert new == {
+        ("messages", 0, "content"): "You are careful.",
+        ("messages", 1, "content"): "question one",
+        ("messages", 2, "content"): "",
+    }
     with pytest.raises(ValueError):
         inputs.assign(FakeResult("x", ("only one",), "q"))
 
 
 def test_several_instruction_messages_are_joined_and_not_split_back() -> None:
-    body = {"messages": [{"role": "system", "content": "Rule one."},
-                         {"role": "developer", "content": "Rule two."},
-                         {"role": "user", "content": "Go."}]}
+    body = {
+        "messages": [
+            {"role": "system", "content": "Rule one."},
+            {"role": "developer", "content": "Rule two."},
+            {"role": "user", "content": "Go."},
+        ]
+    }
     comps = split_chat(body)
     inputs = compressor_inputs(comps)
     assert inputs.instruction == "Rule one.\n\nRule two."
@@ -199,7 +258,8 @@ def test_completion_prompts() -> None:
     comps = split_completion({"model": "gpt-3.5-turbo-instruct", "prompt": prompt})
     assert [(i.kind, i.path, i.text) for i in comps.items] == [
         ("demonstration", ("prompt",), "Context line.\n\nMore context."),
-        ("question", ("prompt",), "Final ask:")]
+        ("question", ("prompt",), "Final ask:"),
+    ]
     assert split_completion({"prompt": ["a", "b"]}).items == ()
     assert split_completion({"prompt": [1, 2, 3]}).items == ()
 
@@ -207,11 +267,20 @@ def test_completion_prompts() -> None:
 # bpe_openai (o200k_base for gpt-4o) calls a deprecated importlib API when it loads.
 @pytest.mark.filterwarnings("ignore:open_binary is deprecated:DeprecationWarning")
 def test_text_token_count_counts_message_text_only() -> None:
-    body = {"model": "gpt-4o", "messages": [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": [{"type": "text", "text": "Hello there"},
-                                     {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]},
-    ], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"a": 1}}}]}
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Hello there"},
+                    {"type": "image_url", "image_url": {"url": "http://x/y.png"}},
+                ],
+            },
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"a": 1}}}],
+    }
     comps = split_chat(body)
     expected = count_tokens("You are terse.", "gpt-4o") + count_tokens("Hello there", "gpt-4o")
     assert text_token_count(comps) == expected
@@ -221,11 +290,13 @@ def test_text_token_count_counts_message_text_only() -> None:
 
 def test_replacements_apply_with_rewrite_byte_faithfully() -> None:
     rewrite = pytest.importorskip("proxy.rewrite")
-    raw = (b'{"model":"gpt-4o","temperature":1.0,"messages":[{"role":"system","content":'
-           b'"You are a very very careful assistant."},{"role":"user","content":[{"type":"text",'
-           b'"text":"Doc A.\\n---\\nDoc B \\u00e9."},'
-           b'{"type":"image_url","image_url":{"url":"x"}}]},'
-           b'{"role":"user","content":"Why?"}], "x_unknown": [1e3]}')
+    raw = (
+        b'{"model":"gpt-4o","temperature":1.0,"messages":[{"role":"system","content":'
+        b'"You are a very very careful assistant."},{"role":"user","content":[{"type":"text",'
+        b'"text":"Doc A.\\n---\\nDoc B \\u00e9."},'
+        b'{"type":"image_url","image_url":{"url":"x"}}]},'
+        b'{"role":"user","content":"Why?"}], "x_unknown": [1e3]}'
+    )
     comps = split_chat(json.loads(raw))
     doc_b = comps.demonstrations[1]
     assert doc_b.text == "Doc B é."
