@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from proxy.cache import (
 
 __all__ = [
     "COUNTERS",
+    "OTHER_MODEL",
     "Ledger",
     "LedgerRow",
     "LedgerUnavailable",
@@ -69,6 +71,8 @@ COUNTERS = (
 )
 _SKIP = "skip:"
 _RETENTION = timedelta(days=30)
+log = logging.getLogger(__name__)
+OTHER_MODEL = "other"  # where model names beyond ``max_models`` per tenant are counted
 _TENANTS_KEY = f"{KEY_PREFIX}:ledger:tenants"
 _SETTINGS = RedisSettings()
 
@@ -192,6 +196,23 @@ def _add(into: dict[str, float], inc: Mapping[str, float]) -> None:
         into[name] = into.get(name, 0) + value
 
 
+class _ModelNames:
+    """Bounds the model names one process records per tenant (clients choose them)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: dict[str, set[str]] = {}
+
+    def __call__(self, rec: UsageRecord) -> UsageRecord:
+        seen = self._seen.setdefault(rec.tenant, set())
+        if rec.model in seen:
+            return rec
+        if len(seen) >= self.limit:
+            return dataclasses.replace(rec, model=OTHER_MODEL)
+        seen.add(rec.model)
+        return rec
+
+
 class MemoryLedger:
     """In-process ledger (lost on restart); same semantics as ``RedisLedger``."""
 
@@ -199,14 +220,17 @@ class MemoryLedger:
         self,
         *,
         retention: timedelta = _RETENTION,
+        max_models: int = 200,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.retention = retention
         self._now = now
+        self._models = _ModelNames(max_models)
         self._totals: dict[tuple[str, str], dict[str, float]] = {}
         self._hourly: dict[tuple[str, str, datetime], dict[str, float]] = {}
 
     async def record(self, rec: UsageRecord) -> None:
+        rec = self._models(rec)
         inc = rec.increments()
         _add(self._totals.setdefault((rec.tenant, rec.model), {}), inc)
         bucket = (rec.tenant, rec.model, rec.hour())
@@ -271,6 +295,7 @@ class RedisLedger:
         retention: timedelta = _RETENTION,
         flush_interval_s: float = 1.0,
         max_pending: int = 10_000,
+        max_models: int = 200,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -280,6 +305,7 @@ class RedisLedger:
         self.retention = retention
         self.flush_interval_s = flush_interval_s
         self.max_pending = max_pending
+        self._models = _ModelNames(max_models)
         self.dropped = 0
         self._now = now
         self._pending: dict[tuple[str, str, datetime], dict[str, float]] = {}
@@ -295,6 +321,7 @@ class RedisLedger:
         return len(self._pending)
 
     async def record(self, rec: UsageRecord) -> None:
+        rec = self._models(rec)
         bucket = (rec.tenant, rec.model, rec.hour())
         if bucket not in self._pending and len(self._pending) >= self.max_pending:
             self.dropped += 1  # bounded memory during a long outage
@@ -424,5 +451,6 @@ class RedisLedger:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        await self.flush()
+        if not await self.flush():
+            log.warning("ledger: %d pending buckets not written (redis unavailable)", self.pending)
         await self._redis.close()

@@ -68,6 +68,19 @@ async def test_tenant_isolation_and_key_names(redis_url: str) -> None:
     await ledger.close()
 
 
+async def test_rows_stored_for_another_tenant_are_never_returned(redis_url: str) -> None:
+    ledger = RedisLedger.from_url(redis_url, FAST)
+    await ledger.record(rec("team-a"))
+    await ledger.flush()
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    [total] = [str(k) for k in await raw.keys("*:total")]
+    # Simulate a digest-prefix collision: team-a's hash claims to belong to team-b.
+    await raw.hset(total, "_tenant", "team-b")
+    await raw.aclose()
+    assert await ledger.totals("team-a") == []
+    await ledger.close()
+
+
 async def test_hourly_buckets_expire(redis_url: str) -> None:
     ledger = RedisLedger.from_url(redis_url, FAST)
     await ledger.record(rec(at=datetime.now(UTC) - timedelta(hours=3)))

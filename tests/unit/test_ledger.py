@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.ledger import LedgerRow, MemoryLedger, UsageRecord
+from proxy.ledger import OTHER_MODEL, LedgerRow, MemoryLedger, UsageRecord
 from proxy.report import format_table, load_prices, parse_since
 
 NOW = datetime(2026, 11, 27, 18, 30, tzinfo=UTC)
@@ -103,6 +103,20 @@ async def test_memory_ledger_since_uses_hourly_buckets_and_expires_them() -> Non
     # the 40-day-old bucket was dropped when a newer bucket was created
     assert (await ledger.totals(since=NOW - timedelta(days=60)))[0].requests == 2
     assert await ledger.totals(since=NOW + timedelta(hours=2)) == []
+
+
+async def test_model_names_per_tenant_are_bounded() -> None:
+    ledger = MemoryLedger(max_models=2, now=lambda: NOW)
+    for model in ("a", "b", "c", "d", "a"):
+        await ledger.record(rec(model=model))
+    await ledger.record(rec(tenant="other-team", model="z"))
+    rows = {(r.tenant, r.model): r.requests for r in await ledger.totals()}
+    assert rows == {
+        ("research", "a"): 2,
+        ("research", "b"): 1,
+        ("research", OTHER_MODEL): 2,
+        ("other-team", "z"): 1,
+    }
 
 
 def test_row_from_counters_and_to_dict() -> None:
