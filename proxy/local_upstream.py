@@ -116,7 +116,7 @@ def create_local_upstream_app(
             generation = await anyio.to_thread.run_sync(
                 generator.generate, chat.messages, chat.params
             )
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _error(400, f"We could not parse the JSON body of your request: {exc}.")
         except BadRequestError as exc:
             return _error(400, exc.message, param=exc.param, code=exc.code)
@@ -164,15 +164,26 @@ def create_local_upstream_app(
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
-def build_local_upstream(model: str | None = None, *, device: str | None = None) -> Starlette:
-    """Load ``model`` (None = the packaged SmolLM2-135M-Instruct) and build its app."""
+def build_local_upstream(
+    model: str | None = None,
+    *,
+    device: str | None = None,
+    max_concurrent: int = 1,
+    default_temperature: float = 1.0,
+) -> Starlette:
+    """Load ``model`` (None = the packaged SmolLM2-135M-Instruct) and build its app.
+
+    ``model`` is a Hugging Face id or a local folder of a chat model with a chat
+    template; ``device`` None picks CUDA when available, else CPU.
+    """
     _log.info("loading local upstream model %s", model or "SmolLM2-135M-Instruct (default)")
     started = time.perf_counter()
     chat_model = LocalChatModel.load(model, device)
-    _log.info(
-        "local upstream model %s loaded in %.1f s", chat_model.name, time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    _log.info("local upstream model %s loaded in %.1f s", chat_model.name, elapsed)
+    return create_local_upstream_app(
+        chat_model, max_concurrent=max_concurrent, default_temperature=default_temperature
     )
-    return create_local_upstream_app(chat_model)
 
 
 async def _complete(
@@ -379,18 +390,27 @@ def start_local_upstream_server(
     port: int = 0,
     model: str | LocalChatModel | None = None,
     *,
+    device: str | None = None,
+    max_concurrent: int = 1,
+    default_temperature: float = 1.0,
     log_level: str = "warning",
 ) -> LocalUpstreamServer:
-    """Load the model, start serving it on ``host:port`` (0 = any free port), return the handle.
+    """Load the model, serve it on ``host:port`` (0 = any free port), return the running handle.
 
     Blocks until the server accepts connections. ``model`` is an HF id or folder,
     an already-built ``LocalChatModel``, or None for the packaged SmolLM2.
     """
-    app = (
-        create_local_upstream_app(model)
-        if isinstance(model, LocalChatModel)
-        else build_local_upstream(model)
-    )
+    if isinstance(model, LocalChatModel):
+        app = create_local_upstream_app(
+            model, max_concurrent=max_concurrent, default_temperature=default_temperature
+        )
+    else:
+        app = build_local_upstream(
+            model,
+            device=device,
+            max_concurrent=max_concurrent,
+            default_temperature=default_temperature,
+        )
     server = LocalUpstreamServer(app, host, port, log_level=log_level)
     server.start()
     _log.info("local upstream serving %s", server.base_url)

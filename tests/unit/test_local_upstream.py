@@ -371,3 +371,45 @@ async def test_client_disconnect_stops_generation(recording: RecordingModel, str
     assert generation.closed
     assert generation.finish_reason is None
     assert generation.completion_tokens < 50
+
+
+async def test_full_queue_answers_429_with_retry_after(recording: RecordingModel) -> None:
+    import anyio
+
+    app = create_local_upstream_app(recording, max_concurrent=1, max_waiting=0)
+    body = json.dumps(_body(max_tokens=50, temperature=0, stream=True)).encode()
+    holding = anyio.Event()
+    release = anyio.Event()
+    delivered = [False]
+
+    async def receive() -> dict[str, Any]:
+        if not delivered[0]:
+            delivered[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await release.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        # The first content chunk is sent while the stream holds the only slot.
+        if message["type"] == "http.response.body" and b'"delta": {"content"' in message["body"]:
+            holding.set()
+            await release.wait()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(app, _scope(), receive, send)
+        await holding.wait()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://local"
+        ) as client:
+            busy = await client.post("/v1/chat/completions", json=_body(max_tokens=2))
+        release.set()
+    assert busy.status_code == 429
+    assert busy.headers["retry-after"] == "1"
+    assert busy.json()["error"]["code"] == "queue_full"
+    assert recording.generations[0].closed
+
+
+async def test_body_that_is_not_utf8_is_a_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/chat/completions", content=b'{"model": "\xff\xfe"}')
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
