@@ -19,10 +19,13 @@ import inspect
 import secrets
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from proxy.compress.lm import LoadedLM
 
 __all__ = [
     "ChatMessage",
@@ -131,7 +134,11 @@ class LocalChatModel:
         """Load ``model`` (HF id or folder; None = the packaged SmolLM2-135M-Instruct)."""
         from proxy.compress.lm import load_causal_lm
 
-        loaded = load_causal_lm(model, device)
+        return cls.from_loaded(load_causal_lm(model, device))
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedLM) -> LocalChatModel:
+        """Wrap an LM the compressor already loaded: one copy of the weights serves both."""
         return cls(loaded.model, loaded.tokenizer, name=_display_name(loaded.model_id))
 
     @classmethod

@@ -14,8 +14,6 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.local_model import ChatMessage, Generation, GenerationParams, LocalChatModel
 from proxy.local_upstream import LocalUpstreamServer, start_local_upstream_server
-from proxy.settings import Settings
-from tests.support.servers import run_proxy, write_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -131,10 +129,22 @@ async def test_concurrent_requests_queue_and_all_finish(local: LocalUpstreamServ
     assert all(a.usage is not None and a.usage.completion_tokens == 6 for a in answers)
 
 
+def _wait_closed(generation: Generation) -> None:
+    deadline = time.monotonic() + 30
+    while not generation.closed and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_client_hanging_up_mid_stream_stops_generation(
     local: LocalUpstreamServer, model: RecordingModel
 ) -> None:
-    body = {"model": "local", "messages": HELLO, "max_tokens": 2000, "stream": True}
+    body = {
+        "model": "local",
+        "messages": HELLO,
+        "max_tokens": 2000,
+        "temperature": 0,
+        "stream": True,
+    }
     with (
         httpx.Client() as client,
         client.stream("POST", f"{local.base_url}/chat/completions", json=body) as response,
@@ -142,15 +152,32 @@ def test_client_hanging_up_mid_stream_stops_generation(
         lines = response.iter_lines()
         assert [next(lines) for _ in range(4)][0].startswith("data: {")
     generation = model.generations[-1]
-    deadline = time.monotonic() + 30
-    while not generation.closed and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_closed(generation)
     assert generation.closed
     assert generation.finish_reason is None
     assert generation.completion_tokens < 2000
 
 
+def test_client_giving_up_on_a_non_streaming_answer_stops_generation(
+    local: LocalUpstreamServer, model: RecordingModel
+) -> None:
+    body = {"model": "local", "messages": HELLO, "max_tokens": 2000, "temperature": 0}
+    before = len(model.generations)
+    with httpx.Client(timeout=httpx.Timeout(10, read=0.5)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post(f"{local.base_url}/chat/completions", json=body)
+    [generation] = model.generations[before:]
+    _wait_closed(generation)
+    assert generation.closed
+    assert generation.finish_reason is None
+    assert 0 < generation.completion_tokens < 2000
+
+
 def test_the_proxy_relays_the_local_upstream(local: LocalUpstreamServer, tmp_path: Path) -> None:
+    # Imported here: the rest of this file tests the local upstream alone.
+    from proxy.settings import Settings
+    from tests.support.servers import run_proxy, write_tenant
+
     write_tenant(tmp_path, "default", [], anonymous=True)
     settings = Settings(upstream_url=local.base_url, policies_dir=tmp_path)
     with (
