@@ -4,4 +4,5 @@ pytest_plugins: list[str] = [
     "tests.support.redis",
     "tests.support.upstream",
     "tests.support.proxy",
+    "tests.support.tiny_lm",
 ]
