@@ -19,13 +19,14 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 
 from proxy.policy import PolicyStore
-from proxy.routes import routes
+from proxy.routes import dispatch_v1, routes
 from proxy.services import Services, open_services
 from proxy.settings import Settings
 
-__all__ = ["ServicesFactory", "create_app", "create_app_from_env"]
+__all__ = ["ProxyApp", "ServicesFactory", "create_app", "create_app_from_env"]
 
 ServicesFactory = Callable[[Settings], AbstractAsyncContextManager[Services]]
 
@@ -38,7 +39,7 @@ def create_app(
     *,
     services: Services | ServicesFactory | None = None,
     reload_interval_s: float = _RELOAD_INTERVAL_S,
-) -> Starlette:
+) -> ProxyApp:
     """Build the proxy app for `settings`; see the module docstring for `services`."""
 
     @asynccontextmanager
@@ -58,10 +59,25 @@ def create_app(
             )
             yield {"services": active}
 
-    return Starlette(routes=routes(), lifespan=lifespan)
+    return ProxyApp(routes=routes(), lifespan=lifespan)
 
 
-def create_app_from_env() -> Starlette:
+class ProxyApp(Starlette):
+    """Starlette, with `/v1/*` dispatched straight to its two handlers.
+
+    The relay path skips Starlette's router and middleware stack (measured: ~25% of the
+    app's own CPU per relayed request); every other path goes through Starlette as usual.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            scope["app"] = self
+            await dispatch_v1(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app_from_env() -> ProxyApp:
     """Factory for `uvicorn --factory` (and `serve --workers N`): settings from `LINGUAGATE_*`."""
     return create_app(Settings.from_env(os.environ))
 

@@ -21,10 +21,10 @@ from proxy.settings import Settings, SettingsError
 
 __all__ = ["build_parser", "main"]
 
-# (module, function) pairs: each function receives the subparsers action.
+# (module, function, commands it adds): each function receives the subparsers action.
 _PLUGGED_SUBCOMMANDS = (
-    ("proxy.admin_cli", "add_subcommands"),
-    ("proxy.compress.cli", "add_subcommand"),
+    ("proxy.admin_cli", "add_subcommands", ("keys", "policies")),
+    ("proxy.compress.cli", "add_subcommand", ("compress",)),
 )
 
 
@@ -149,8 +149,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
-    """The parser, and the optional subcommand modules that were found and registered."""
+def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The parser, and the optional subcommand modules that were found and registered.
+
+    With `command`, only the module providing it is imported: importing the others can be
+    slow (the compressor package pulls in torch), and `serve` needs none of them.
+    """
     parser = argparse.ArgumentParser(
         prog="linguagate", description="OpenAI-compatible prompt-compressing proxy"
     )
@@ -158,7 +162,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_serve(sub)
     registered: list[str] = []
-    for module_name, function in _PLUGGED_SUBCOMMANDS:
+    known = {name for *_, names in _PLUGGED_SUBCOMMANDS for name in names} | {"serve"}
+    for module_name, function, names in _PLUGGED_SUBCOMMANDS:
+        if command in known and command not in names:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -171,7 +178,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, _ = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, _ = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "ClientHeaders",
     "ForwardRequest",
     "RawHeaderList",
     "request_headers_for_upstream",
@@ -36,6 +37,15 @@ _NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-reque
 # The server adds a fresh `date` of its own.
 _NOT_RELAYED = _HOP_BY_HOP | {b"date"}
 _OWN_PREFIX = b"x-linguagate-"
+
+
+@dataclass(frozen=True)
+class ClientHeaders:
+    """What `response_headers_for_client` found: the headers to send, and two facts about them."""
+
+    headers: RawHeaderList
+    has_request_id: bool
+    event_stream: bool
 
 
 @dataclass(frozen=True)
@@ -99,23 +109,25 @@ def request_headers_for_upstream(
     return out
 
 
-def response_headers_for_client(
-    upstream_headers: Iterable[tuple[bytes, bytes]], *, streaming: bool
-) -> tuple[RawHeaderList, bool]:
-    """Upstream headers minus hop-by-hop ones; returns them and whether `x-request-id` was present.
+def response_headers_for_client(upstream_headers: Iterable[tuple[bytes, bytes]]) -> ClientHeaders:
+    """Upstream headers (names lower-cased) minus hop-by-hop ones and `date`.
 
-    `content-length` survives on plain bodies (relayed byte for byte) but not on streams,
-    where a failure may append an error event.
+    `content-length` survives on plain bodies (relayed byte for byte) but not on event
+    streams, where a failure may append an error event.
     """
-    headers = list(upstream_headers)
+    headers = [(name.lower(), value) for name, value in upstream_headers]
     extra = _connection_tokens(headers)
     out: RawHeaderList = []
     has_request_id = False
+    event_stream = False
     for name, value in headers:
-        name = name.lower()
-        if name in _NOT_RELAYED or name in extra or (streaming and name == b"content-length"):
+        if name in _NOT_RELAYED or name in extra:
             continue
         if name == b"x-request-id":
             has_request_id = True
+        elif name == b"content-type":
+            event_stream = value.lower().startswith(b"text/event-stream")
         out.append((name, value))
-    return out, has_request_id
+    if event_stream:
+        out = [(name, value) for name, value in out if name != b"content-length"]
+    return ClientHeaders(out, has_request_id, event_stream)

@@ -7,11 +7,13 @@ relayed as it is; `/healthz` says the process is up; `/readyz` reports each comp
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from proxy.errors import NotFound, ProxyError, error_response
 from proxy.intake import authenticate, forward_request, read_body, request_id_for, started_at
@@ -19,7 +21,9 @@ from proxy.pipeline import chat_completions
 from proxy.services import ComponentStatus, Services
 from proxy.streaming import UpstreamRelay
 
-__all__ = ["routes"]
+__all__ = ["dispatch_v1", "routes"]
+
+_log = logging.getLogger("linguagate.routes")
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -96,8 +100,25 @@ async def _not_found(request: Request) -> Response:
     return error_response(NotFound(f"Unknown path: {request.url.path}"), request_id_for(request))
 
 
+async def dispatch_v1(scope: Scope, receive: Receive, send: Send) -> None:
+    """The `/v1/*` fast path (see `proxy.app.ProxyApp`): chat pipeline or pass-through."""
+    request = Request(scope, receive, send)
+    services: Services = scope["state"]["services"]
+    try:
+        if scope["method"] == "POST" and scope["path"] == "/v1/chat/completions":
+            response = await chat_completions(request, services)
+        else:
+            response = await _passthrough(request)
+    except Exception as exc:  # the envelope clients expect, not a bare text/plain 500
+        _log.exception("unhandled error (request_id unknown): %s", type(exc).__name__)
+        response = error_response(ProxyError("Internal proxy error."), request_id_for(request))
+    await response(scope, receive, send)
+
+
 def routes() -> list[BaseRoute]:
     """The route table (a fresh list per app)."""
+    # /v1/* normally never reaches these two (ProxyApp dispatches it first); they keep a
+    # plain Starlette(routes=routes()) complete.
     return [
         Route("/v1/chat/completions", _chat, methods=["POST"]),
         Route("/v1/{path:path}", _passthrough, methods=_ALL_METHODS),

@@ -21,7 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from proxy.errors import UpstreamError, error_body, error_headers, error_status, sse_error_event
 from proxy.forwarding import ForwardRequest, response_headers_for_client
-from proxy.upstream import UpstreamClient
+from proxy.upstream import RawHeaders, UpstreamClient
 
 __all__ = ["UpstreamRelay", "sse_relay"]
 
@@ -30,7 +30,6 @@ _log = logging.getLogger("linguagate.relay")
 # A partial event is held back until its boundary arrives; past this size it is flushed
 # anyway so that a stream without boundaries cannot grow a buffer without bound.
 _MAX_PENDING = 1 << 20
-_SSE = b"text/event-stream"
 
 
 def _last_boundary(buf: bytes) -> int:
@@ -88,6 +87,7 @@ class UpstreamRelay:
         self._upstream = upstream
         self._request = request
         self._completing = False
+        self._event_stream = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -118,50 +118,49 @@ class UpstreamRelay:
 
     async def _relay(self, send: Send) -> None:
         req = self._request
+        upstream = self._upstream
         sent = time.perf_counter()
         try:
-            async with self._upstream.stream(
-                req.method, req.url, req.headers, req.content
-            ) as response:
-                received = time.perf_counter()
-                streaming = response.headers.get("content-type", "").encode().startswith(_SSE)
-                headers, has_request_id = response_headers_for_client(
-                    response.headers.raw, streaming=streaming
-                )
-                headers.extend(req.response_headers)
-                own_id = req.request_id.encode("latin-1")
-                if not has_request_id:
-                    headers.append((b"x-request-id", own_id))
-                headers.append((b"x-linguagate-request-id", own_id))
-                if streaming:
-                    headers.append((b"x-accel-buffering", b"no"))
-                headers.append(_overhead_header(req, sent, received))
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": response.status_code,
-                        "headers": headers,
-                    }
-                )
-                chunks = self._upstream.iter_raw(response)
-                body = sse_relay(chunks) if streaming else chunks
-                try:
-                    async for chunk in body:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except UpstreamError as exc:
-                    # A plain body cut short cannot be repaired: end without completing the
-                    # response, which makes the server drop the connection (the client sees it).
-                    _log.warning(
-                        "upstream failed mid-body: %s (request_id=%s)",
-                        type(exc).__name__,
-                        req.request_id,
-                    )
-                    return
+            response = await upstream.open(req.method, req.url, req.headers, req.content)
         except UpstreamError as exc:
             await self._send_error(send, exc)
             return
+        try:
+            await send(self._start_message(response.status, response.headers, sent))
+            chunks = upstream.iter_raw(response)
+            body = sse_relay(chunks) if self._event_stream else chunks
+            try:
+                async for chunk in body:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamError as exc:
+                # A plain body cut short cannot be repaired: end without completing the
+                # response, which makes the server drop the connection (the client sees it).
+                _log.warning(
+                    "upstream failed mid-body: %s (request_id=%s)",
+                    type(exc).__name__,
+                    req.request_id,
+                )
+                return
+        finally:
+            await response.close()
         self._completing = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _start_message(self, status: int, upstream_headers: RawHeaders, sent: float) -> Message:
+        req = self._request
+        received = time.perf_counter()
+        found = response_headers_for_client(upstream_headers)
+        self._event_stream = found.event_stream
+        headers = found.headers
+        headers.extend(req.response_headers)
+        own_id = req.request_id.encode("latin-1")
+        if not found.has_request_id:
+            headers.append((b"x-request-id", own_id))
+        headers.append((b"x-linguagate-request-id", own_id))
+        if found.event_stream:
+            headers.append((b"x-accel-buffering", b"no"))
+        headers.append(_overhead_header(req, sent, received))
+        return {"type": "http.response.start", "status": status, "headers": headers}
 
     async def _send_error(self, send: Send, exc: UpstreamError) -> None:
         _log.warning(

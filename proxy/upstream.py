@@ -1,34 +1,41 @@
-"""The one pooled HTTP client that talks to the upstream OpenAI-compatible API.
+"""The upstream OpenAI-compatible API, as the rest of the proxy sees it.
 
-The httpx API is kept, but the hot path runs on the aiohttp transport (`httpx-aiohttp`, the
-transport openai-python offers): httpx's default transport costs ~1.35 ms of CPU per relayed
-request, which dominates a relay. Tests plug any `httpx.AsyncBaseTransport` in instead.
-
-Lower-layer failures are re-raised as the proxy's own errors (`from exc`):
-timeouts become `UpstreamTimeout` (504), everything else `UpstreamUnreachable` (502).
-Upstream HTTP error statuses are *not* errors here: they are relayed as they are.
+`UpstreamClient` owns one transport (by default `AiohttpUpstream`: one keep-alive pool per
+worker; tests pass `httpx.MockTransport`, which is wrapped in `HttpxUpstream`) and turns every
+transport failure into the proxy's own errors (`from exc`): timeouts become
+`UpstreamTimeout` (504), everything else `UpstreamUnreachable` (502). Upstream HTTP error
+statuses are *not* errors here: they are relayed as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from proxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from proxy.settings import Settings
+from proxy.transport import (
+    AiohttpUpstream,
+    HttpxUpstream,
+    RawHeaders,
+    UpstreamResponse,
+    UpstreamTransport,
+)
 
-__all__ = ["RawHeaders", "UpstreamClient", "UpstreamStatus", "map_transport_error"]
+__all__ = [
+    "RawHeaders",
+    "UpstreamClient",
+    "UpstreamResponse",
+    "UpstreamStatus",
+    "map_transport_error",
+]
 
-RawHeaders = Sequence[tuple[bytes, bytes]]
-
-# What can escape a transport: httpx's tree, plus what httpx-aiohttp leaves unmapped
-# (aiohttp.ClientResponseError for a garbled response, bare OSErrors).
+# What can escape a transport: httpx's tree, plus (defensively) raw aiohttp/OS errors.
 _TRANSPORT_FAILURES = (httpx.TransportError, aiohttp.ClientError, OSError)
 
 
@@ -41,18 +48,11 @@ class UpstreamStatus:
 
 
 def map_transport_error(exc: BaseException) -> UpstreamError:
-    """The proxy error for a transport failure: 504 when it timed out, 502 otherwise.
-
-    httpx-aiohttp maps *every* `aiohttp.ClientConnectionError` (connection refused included)
-    to `httpx.ConnectTimeout`, so the original aiohttp exception (`__cause__`) decides.
-    """
+    """The proxy error for a transport failure: 504 when it timed out, 502 otherwise."""
     cause = exc.__cause__ if isinstance(exc, httpx.TransportError) and exc.__cause__ else exc
-    if isinstance(cause, TimeoutError | httpx.TimeoutException):
-        return UpstreamTimeout("The upstream API did not answer in time.", code="upstream_timeout")
-    return UpstreamUnreachable(
-        f"The upstream API could not be reached ({type(cause).__name__}).",
-        code="upstream_unreachable",
-    )
+    if isinstance(exc, httpx.TimeoutException) or isinstance(cause, TimeoutError):
+        return UpstreamTimeout("The upstream API did not answer in time.")
+    return UpstreamUnreachable(f"The upstream API could not be reached ({type(exc).__name__}).")
 
 
 class UpstreamClient:
@@ -63,40 +63,35 @@ class UpstreamClient:
         base_url: str,
         *,
         api_key: str | None = None,
-        timeout: httpx.Timeout | None = None,
-        limits: httpx.Limits | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: UpstreamTransport | httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
-        limits = limits or httpx.Limits(
-            max_connections=512, max_keepalive_connections=512, keepalive_expiry=30.0
-        )
-        self._client = httpx.AsyncClient(
-            transport=transport or AiohttpTransport(limits=limits),
-            timeout=timeout or httpx.Timeout(600.0, connect=10.0, pool=30.0),
-            follow_redirects=False,
-            # Env proxies would mount httpx's slow default transport beside ours.
-            trust_env=False,
-        )
+        if isinstance(transport, httpx.AsyncBaseTransport):
+            transport = HttpxUpstream(transport)
+        self._transport: UpstreamTransport = transport or AiohttpUpstream()
         self._authorization = f"Bearer {api_key}".encode() if api_key else None
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+        cls,
+        settings: Settings,
+        *,
+        transport: UpstreamTransport | httpx.AsyncBaseTransport | None = None,
     ) -> UpstreamClient:
+        if isinstance(transport, httpx.AsyncBaseTransport):
+            timeout = httpx.Timeout(
+                settings.read_timeout_s, connect=settings.connect_timeout_s, pool=30.0
+            )
+            transport = HttpxUpstream(transport, timeout)
         return cls(
             settings.upstream_url,
             api_key=settings.upstream_api_key,
-            timeout=httpx.Timeout(
-                settings.read_timeout_s, connect=settings.connect_timeout_s, pool=30.0
-            ),
-            limits=httpx.Limits(
+            transport=transport
+            or AiohttpUpstream(
                 max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections,
-                keepalive_expiry=30.0,
+                connect_timeout_s=settings.connect_timeout_s,
+                read_timeout_s=settings.read_timeout_s,
             ),
-            transport=transport,
         )
 
     @property
@@ -110,29 +105,35 @@ class UpstreamClient:
         url = self.base_url + rest
         return url + "?" + query.decode("latin-1") if query else url
 
+    async def open(
+        self, method: str, url: str, headers: RawHeaders, content: bytes
+    ) -> UpstreamResponse:
+        """Send a request; the response once its headers arrived. The caller must `close()` it
+        (`stream()` does that for you)."""
+        try:
+            return await self._transport.send(method, url, headers, content)
+        except _TRANSPORT_FAILURES as exc:
+            raise map_transport_error(exc) from exc
+
     @asynccontextmanager
     async def stream(
         self, method: str, url: str, headers: RawHeaders, content: bytes
-    ) -> AsyncIterator[httpx.Response]:
+    ) -> AsyncIterator[UpstreamResponse]:
         """Send a request and yield the response once its headers arrived; body not read.
 
         The response (and its connection, if the body was not fully read) is closed on exit,
         including when the caller is cancelled because its client went away.
         """
-        request = httpx.Request(method, url, headers=list(headers), content=content)
-        try:
-            response = await self._client.send(request, stream=True)
-        except _TRANSPORT_FAILURES as exc:
-            raise map_transport_error(exc) from exc
+        response = await self.open(method, url, headers, content)
         try:
             yield response
         finally:
-            await response.aclose()
+            await response.close()
 
-    async def iter_raw(self, response: httpx.Response) -> AsyncIterator[bytes]:
+    async def iter_raw(self, response: UpstreamResponse) -> AsyncIterator[bytes]:
         """The body bytes exactly as they arrive (no decoding); failures become `UpstreamError`."""
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.body:
                 yield chunk
         except _TRANSPORT_FAILURES as exc:
             raise map_transport_error(exc) from exc
@@ -143,9 +144,9 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(timeout_s):
                 async with self.stream("GET", self.base_url + "/models", headers, b"") as response:
-                    return UpstreamStatus(True, f"HTTP {response.status_code}")
+                    return UpstreamStatus(True, f"HTTP {response.status}")
         except (UpstreamError, TimeoutError) as exc:
             return UpstreamStatus(False, type(exc).__name__)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
