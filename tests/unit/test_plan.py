@@ -1,0 +1,58 @@
+from proxy.messages import split_chat, text_token_count
+from proxy.plan import plan_units
+from proxy.policy import CompressionPolicy
+
+FEWSHOT = [
+    {"role": "system", "content": "You are a careful math tutor. Answer with a number."},
+    {"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples?"},
+    {"role": "assistant", "content": "Tom has 3 + 5 = 8 apples. The answer is 8."},
+    {"role": "user", "content": "A box holds 12 eggs. How many eggs are in 4 boxes?"},
+    {"role": "assistant", "content": "4 boxes hold 4 * 12 = 48 eggs. The answer is 48."},
+]
+
+
+def _plan(question: str, policy: CompressionPolicy, rate: float = 0.5, tenant: str = "a"):
+    body = {"model": "gpt-4", "messages": [*FEWSHOT, {"role": "user", "content": question}]}
+    comps = split_chat(body)
+    return plan_units(comps, policy, rate=rate, original_tokens=text_token_count(comps),
+                      tenant=tenant, model_id="m")
+
+
+def test_context_unit_independent_of_question_when_question_kept_whole() -> None:
+    policy = CompressionPolicy(mode="enforce")
+    a = _plan("How many legs do 3 cats have?", policy)
+    b = _plan("How many legs do 4 dogs have?", policy)
+    assert [u.kind for u in a.units] == ["context"]
+    assert a.units[0].question is None and a.units[0].question_text == ""
+    assert a.units[0].key == b.units[0].key  # shared few-shot block: one cache entry
+
+
+def test_question_joins_the_unit_when_it_matters() -> None:
+    policy = CompressionPolicy(mode="enforce", question_aware=True)
+    a = _plan("How many legs do 3 cats have?", policy)
+    b = _plan("How many legs do 4 dogs have?", policy)
+    assert a.units[0].question is not None
+    assert a.units[0].key != b.units[0].key
+
+
+def test_instruction_units_only_below_rate_one() -> None:
+    assert [u.kind for u in _plan("Q?", CompressionPolicy(mode="enforce")).units] == ["context"]
+    kinds = [u.kind for u in _plan("Q?", CompressionPolicy(mode="enforce",
+                                                          instruction_rate=0.5)).units]
+    assert kinds == ["instruction", "context"]
+
+
+def test_keys_are_per_tenant_and_per_knob() -> None:
+    policy = CompressionPolicy(mode="enforce")
+    a = _plan("Q?", policy, tenant="a").units[0].key
+    b = _plan("Q?", policy, tenant="b").units[0].key
+    c = _plan("Q?", CompressionPolicy(mode="enforce", segment_tokens=64), tenant="a").units[0].key
+    assert len({a, b, c}) == 3
+    assert "Tom" not in a  # digests only
+
+
+def test_context_rate_takes_what_the_fixed_parts_leave() -> None:
+    unit = _plan("How many legs do 3 cats have?", CompressionPolicy(mode="enforce")).units[0]
+    # instruction and question are kept whole, so demonstrations must go below the overall 0.5
+    assert 0.02 <= unit.rate < 0.5
+    assert round(unit.rate / 0.02) * 0.02 == round(unit.rate, 4)
