@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Generator, MutableMapping, Sequence
 from typing import Any
 
 import httpx
@@ -413,3 +413,33 @@ async def test_body_that_is_not_utf8_is_a_400(client: httpx.AsyncClient) -> None
     response = await client.post("/v1/chat/completions", content=b'{"model": "\xff\xfe"}')
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+class BrokenModel(LocalChatModel):
+    """Fails after its first token, as a model running out of memory would."""
+
+    def __init__(self, base: LocalChatModel) -> None:
+        super().__init__(base.model, base.tokenizer, name=base.name)
+
+    def _decode(
+        self, prompt_ids: list[int], params: GenerationParams, record: Generation
+    ) -> Generator[str, None, None]:
+        yield "partial"
+        raise RuntimeError("device lost")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_model_failure_is_an_openai_error(tiny: LocalChatModel, stream: bool) -> None:
+    app = create_local_upstream_app(BrokenModel(tiny))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://local"
+    ) as client:
+        response = await client.post("/v1/chat/completions", json=_body(stream=stream))
+    if stream:
+        # Headers were already sent: the failure travels as an error event, then [DONE].
+        assert response.status_code == 200
+        *_, last = _sse_payloads(response.text)
+        assert last["error"]["type"] == "server_error"
+    else:
+        assert response.status_code == 500
+        assert response.json()["error"]["type"] == "server_error"
