@@ -294,7 +294,8 @@ def _table(rows: list[dict[str, object]], access_log: bool) -> str:
             d50, d99, p50, p99 = _pct(d, 0.5), _pct(d, 0.99), _pct(p, 0.5), _pct(p, 0.99)
             lines.append(
                 f"| {'stream' if row['stream'] else 'json'} | {row['c']} | {row['n']} | {label} "
-                f"| {d50:.2f} | {d99:.2f} | {p50:.2f} | {p99:.2f} | {p50 - d50:+.2f} | {p99 - d99:+.2f} "
+                f"| {d50:.2f} | {d99:.2f} | {p50:.2f} | {p99:.2f} "
+                f"| {p50 - d50:+.2f} | {p99 - d99:+.2f} "
                 f"| {proxied.errors + direct.errors} | {row['cpu_ms']:.3f} |"
             )
     mean = statistics.fmean(float(r["cpu_ms"]) for r in rows)  # type: ignore[arg-type]

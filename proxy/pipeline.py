@@ -53,10 +53,10 @@ class PipelineOutcome:
 class ChatTransform(Protocol):
     """The compression hook. It may only change compressible strings of `raw`; raising
     `ProxyError` rejects the request (e.g. a bad override header), any other exception
-    fails open (the client's bytes are forwarded)."""
+    fails open (the client's bytes are forwarded). Called with positional arguments."""
 
     async def __call__(
-        self, raw: bytes, body: dict[str, Any], tenant: Tenant, request_headers: Headers
+        self, raw: bytes, body: dict[str, Any], tenant: Tenant, request_headers: Headers, /
     ) -> PipelineOutcome: ...
 
 

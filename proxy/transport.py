@@ -189,6 +189,10 @@ class _HttpxCloser:
 
 
 async def _httpx_body(response: httpx.Response) -> AsyncIterator[bytes]:
+    if response.is_stream_consumed:  # e.g. httpx.Response(content=...) reads it at once
+        if response.content:
+            yield response.content
+        return
     async for chunk in response.aiter_raw():
         yield chunk
 

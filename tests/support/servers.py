@@ -19,7 +19,7 @@ from typing import Any
 
 import uvicorn
 
-from proxy.app import create_app
+from proxy.app import ServicesFactory, create_app
 from proxy.services import Services
 from proxy.settings import Settings
 
@@ -89,7 +89,10 @@ class ProxyServer:
 
 @contextmanager
 def run_proxy(
-    settings: Settings, *, services: Services | None = None, reload_interval_s: float = 0.1
+    settings: Settings,
+    *,
+    services: Services | ServicesFactory | None = None,
+    reload_interval_s: float = 0.1,
 ) -> Iterator[ProxyServer]:
     """The real proxy app under uvicorn (uvloop + httptools, as `linguagate serve` runs it)."""
     app = create_app(settings, services=services, reload_interval_s=reload_interval_s)

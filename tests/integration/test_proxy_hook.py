@@ -1,0 +1,86 @@
+"""The compression hook (`ChatTransform`) as the integration step will plug it in."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.datastructures import Headers
+
+from proxy.errors import InvalidParameter
+from proxy.pipeline import ChatTransform, PipelineOutcome
+from proxy.policy import Tenant
+from proxy.services import Services, open_services
+from proxy.settings import Settings
+from tests.support.proxy import ALPHA_KEY
+from tests.support.servers import ProxyServer, run_proxy, write_tenant
+from tests.support.upstream import FakeUpstream
+
+pytestmark = pytest.mark.integration
+
+AUTH = {"authorization": f"Bearer {ALPHA_KEY}"}
+BODY = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hello hello"}], "x": 1.0}'
+
+
+async def shrink(
+    raw: bytes, body: dict[str, Any], tenant: Tenant, headers: Headers
+) -> PipelineOutcome:
+    if headers.get("x-linguagate-mode") == "bogus":
+        raise InvalidParameter("bad override", param="x-linguagate-mode")
+    if headers.get("x-test-explode"):
+        raise RuntimeError("compressor crashed")
+    assert body["messages"][0]["content"] == "hello hello"
+    return PipelineOutcome(
+        raw.replace(b"hello hello", b"hello"),
+        {"x-linguagate-compression": f"applied:{tenant.name}"},
+    )
+
+
+@pytest.fixture
+def hooked_proxy(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[ProxyServer]:
+    write_tenant(tmp_path, "alpha", [ALPHA_KEY])
+    settings = Settings(
+        upstream_url=fake_upstream.base_url, upstream_api_key="sk-org", policies_dir=tmp_path
+    )
+    transform: ChatTransform = shrink
+
+    @asynccontextmanager
+    async def services(s: Settings) -> AsyncIterator[Services]:
+        async with open_services(s, chat_transform=transform) as built:
+            yield built
+
+    with run_proxy(settings, services=services) as server:
+        yield server
+
+
+def test_transform_output_is_forwarded(hooked_proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    response = httpx.post(hooked_proxy.base_url + "/chat/completions", content=BODY, headers=AUTH)
+    assert response.status_code == 200
+    assert response.headers["x-linguagate-compression"] == "applied:alpha"
+    assert upstream.last().body == BODY.replace(b"hello hello", b"hello")
+
+
+def test_transform_failure_fails_open(hooked_proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    response = httpx.post(
+        hooked_proxy.base_url + "/chat/completions",
+        content=BODY,
+        headers={**AUTH, "x-test-explode": "1"},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-linguagate-compression"] == "error"
+    assert upstream.last().body == BODY
+
+
+def test_transform_can_reject(hooked_proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    response = httpx.post(
+        hooked_proxy.base_url + "/chat/completions",
+        content=BODY,
+        headers={**AUTH, "x-linguagate-mode": "bogus"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "x-linguagate-mode"
+    assert upstream.requests == []

@@ -1,0 +1,173 @@
+"""UpstreamClient over httpx.MockTransport, and the aiohttp transport's error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aiohttp
+import httpx
+import pytest
+
+from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.settings import Settings
+from proxy.transport import AiohttpUpstream
+from proxy.upstream import UpstreamClient, map_transport_error
+
+
+def _echo(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        201,
+        headers={"x-url": str(request.url), "x-auth": request.headers.get("authorization", "")},
+        content=request.content[::-1],
+    )
+
+
+async def test_mock_transport_round_trip() -> None:
+    client = UpstreamClient(
+        "http://up.test/v1/", api_key="sk-org", transport=httpx.MockTransport(_echo)
+    )
+    assert client.org_authorization == b"Bearer sk-org"
+    url = client.url_for("/v1/chat/completions", b"a=%26")
+    assert url == "http://up.test/v1/chat/completions?a=%26"
+    async with client.stream("POST", url, [(b"authorization", b"Bearer x")], b"abc") as response:
+        assert response.status == 201
+        headers = dict(response.headers)
+        assert headers[b"x-url"] == url.encode()
+        assert headers[b"x-auth"] == b"Bearer x"
+        assert b"".join([chunk async for chunk in client.iter_raw(response)]) == b"cba"
+    await client.aclose()
+
+
+def test_byo_mode_has_no_org_authorization() -> None:
+    client = UpstreamClient.from_settings(Settings(), transport=httpx.MockTransport(_echo))
+    assert client.org_authorization is None
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (httpx.ConnectError("refused"), UpstreamUnreachable),
+        (httpx.ReadTimeout("slow"), UpstreamTimeout),
+        (httpx.ConnectTimeout("slow"), UpstreamTimeout),
+        (httpx.RemoteProtocolError("bad"), UpstreamUnreachable),
+        (aiohttp.ClientPayloadError("cut"), UpstreamUnreachable),
+        (TimeoutError(), UpstreamTimeout),
+    ],
+)
+def test_error_mapping(exc: BaseException, expected: type) -> None:
+    assert type(map_transport_error(exc)) is expected
+
+
+async def test_mock_transport_errors_are_mapped() -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    client = UpstreamClient("http://up.test/v1", transport=httpx.MockTransport(fail))
+    with pytest.raises(UpstreamUnreachable):
+        async with client.stream("GET", "http://up.test/v1/models", [], b""):
+            pass
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_aiohttp_refused_is_502_not_504() -> None:
+    client = UpstreamClient("http://127.0.0.1/v1", transport=AiohttpUpstream(connect_timeout_s=2))
+    try:
+        with pytest.raises(UpstreamUnreachable):
+            await client.open("GET", f"http://127.0.0.1:{_closed_port()}/v1/models", [], b"")
+    finally:
+        await client.aclose()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def _serve(handler: Handler) -> AsyncIterator[int]:
+    """A raw TCP server on loopback; every connection is closed before the loop ends."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await handler(reader, writer)
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.sleep(0)
+        await server.wait_closed()
+
+
+async def test_aiohttp_read_timeout_is_504() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(2)
+
+    client = UpstreamClient("http://127.0.0.1/v1", transport=AiohttpUpstream(read_timeout_s=0.2))
+    async with _serve(silent) as port:
+        try:
+            with pytest.raises(UpstreamTimeout):
+                await client.open("GET", f"http://127.0.0.1:{port}/v1/models", [], b"")
+        finally:
+            await client.aclose()
+
+
+async def test_aiohttp_body_cut_short_is_unreachable() -> None:
+    async def truncated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    client = UpstreamClient("http://127.0.0.1/v1", transport=AiohttpUpstream())
+    async with _serve(truncated) as port:
+        try:
+            async with client.stream(
+                "GET", f"http://127.0.0.1:{port}/v1/models", [], b""
+            ) as response:
+                assert response.status == 200
+                received = b""
+                with pytest.raises(UpstreamUnreachable):
+                    async for chunk in client.iter_raw(response):
+                        received += chunk
+                assert received == b"partial"
+        finally:
+            await client.aclose()
+
+
+async def test_aiohttp_sends_verbatim_url_and_no_invented_headers() -> None:
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        writer.write(b"HTTP/1.1 204 No Content\r\nset-cookie: a=b\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    client = UpstreamClient("http://127.0.0.1/v1", transport=AiohttpUpstream())
+    async with _serve(record) as port:
+        try:
+            for _ in range(2):
+                url = f"http://127.0.0.1:{port}/v1/files/a%2Fb?x=%26&y=1"
+                async with client.stream("GET", url, [(b"x-custom", b"1")], b"") as response:
+                    assert response.status == 204
+        finally:
+            await client.aclose()
+    first, second = (head.decode("latin-1").lower() for head in seen)
+    assert first.startswith("get /v1/files/a%2fb?x=%26&y=1 http/1.1")
+    assert "user-agent" not in first and "x-custom: 1" in first
+    assert "cookie" not in second  # no cookie jar: nothing replayed across requests/tenants
