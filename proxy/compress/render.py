@@ -22,29 +22,34 @@ BoolArray = npt.NDArray[np.bool_]
 
 
 def render(units: Units, keep: BoolArray) -> str:
-    """Concatenate kept units. Spaces that separated a kept word from a dropped one at
-    the start of a line are dropped with it; if nothing but whitespace is left, ""."""
+    """Concatenate kept units; if nothing but whitespace is left, "".
+
+    Removing a unit never glues two words together (a space is put back between two
+    letters or digits that a dropped unit separated), and spaces that separated a kept word
+    from a dropped one at the start of a line go with the dropped word.
+    """
     out: list[str] = []
-    at_line_start = True
+    last = "\n"  # last emitted character
     prev_kept = True
-    need_space = False  # a dropped line break must still separate the words around it
     for i in range(len(units)):
+        piece = units.piece(i)
         if not keep[i]:
             prev_kept = False
-            need_space = need_space or (units.kinds[i] == BREAK and not at_line_start)
             continue
-        piece = units.piece(i)
-        if at_line_start and not prev_kept and units.kinds[i] != BREAK:
+        if last == "\n" and not prev_kept and units.kinds[i] != BREAK:
             piece = piece.lstrip(" \t")
-        if need_space and piece and not piece[0].isspace() and out:
+        if piece and not prev_kept and _wordy(last) and _wordy(piece[0]):
             piece = " " + piece
-        need_space = False
         if piece:
             out.append(piece)
-            at_line_start = piece.endswith("\n")
+            last = piece[-1]
         prev_kept = True
     text = "".join(out)
     return text if text.strip() else ""
+
+
+def _wordy(ch: str) -> bool:
+    return ch.isalnum() and not ("\u3040" <= ch <= "\u9fff")
 
 
 Counter = Callable[[Sequence[BoolArray]], int]

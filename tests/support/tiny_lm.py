@@ -97,3 +97,15 @@ def tiny_short_context_compressor(tiny_tokenizer: PreTrainedTokenizerFast) -> Co
     """Context of 64 positions: every realistic prompt needs sliding windows."""
     model = build_tiny_model(tiny_tokenizer, max_positions=64)
     return Compressor.from_pretrained_objects(model, tiny_tokenizer, model_id="tiny-llama-64@test")
+
+
+@pytest.fixture
+def torch_single_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy 2-core machine OpenMP barriers make tiny-model ops ~10x
+    slower with two. Restored afterwards (the setting is process-wide)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
