@@ -4,16 +4,25 @@ Usable without the proxy::
 
     from proxy.compress import Compressor
     result = Compressor().compress("", demonstrations, question, rate=0.3)
+
+Names are imported lazily: ``proxy.compress.cli`` (and so ``linguagate --help``)
+must not pay for importing torch and transformers.
 """
 
-from proxy.compress.compressor import CompressionResult, Compressor
-from proxy.compress.lm import (
-    LoadedLM,
-    ModelNotInstalledError,
-    ensure_default_model_dir,
-    load_causal_lm,
-)
-from proxy.compress.protect import ProtectRules
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.compress.compressor import CompressionResult, Compressor
+    from proxy.compress.lm import (
+        LoadedLM,
+        ModelNotInstalledError,
+        ensure_default_model_dir,
+        load_causal_lm,
+    )
+    from proxy.compress.protect import ProtectRules
 
 __all__ = [
     "CompressionResult",
@@ -24,3 +33,24 @@ __all__ = [
     "ensure_default_model_dir",
     "load_causal_lm",
 ]
+
+_HOME = {
+    "CompressionResult": "compressor",
+    "Compressor": "compressor",
+    "LoadedLM": "lm",
+    "ModelNotInstalledError": "lm",
+    "ensure_default_model_dir": "lm",
+    "load_causal_lm": "lm",
+    "ProtectRules": "protect",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'proxy.compress' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"proxy.compress.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
