@@ -92,6 +92,12 @@ def _add_serve(sub: Any) -> None:
         help="upstream connection pool size per worker (LINGUAGATE_MAX_CONNECTIONS, default 512)",
     )
     serve.add_argument(
+        "--upstream-transport",
+        choices=["wire", "aiohttp"],
+        help="HTTP client for the upstream: the built-in lean HTTP/1.1 client or aiohttp "
+        "(LINGUAGATE_UPSTREAM_TRANSPORT, default wire)",
+    )
+    serve.add_argument(
         "--no-access-log", action="store_true", help="do not log one line per request"
     )
     serve.set_defaults(func=_serve)
@@ -112,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
             "connect_timeout_s",
             "read_timeout_s",
             "max_connections",
+            "upstream_transport",
         )
     }
     try:

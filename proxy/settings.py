@@ -18,6 +18,7 @@ to each worker process (every worker builds its own app from its environment).
 | connect_timeout_s  | --connect-timeout  | LINGUAGATE_CONNECT_TIMEOUT    | 10               |
 | read_timeout_s     | --read-timeout     | LINGUAGATE_READ_TIMEOUT       | 600              |
 | max_connections    | --max-connections  | LINGUAGATE_MAX_CONNECTIONS    | 512              |
+| upstream_transport | --upstream-transport | LINGUAGATE_UPSTREAM_TRANSPORT | wire (or aiohttp) |
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 __all__ = ["Settings", "SettingsError"]
 
 _PREFIX = "LINGUAGATE_"
+_TRANSPORTS = ("wire", "aiohttp")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -53,6 +55,7 @@ class Settings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     max_connections: int = 512
+    upstream_transport: str = "wire"
 
     def __post_init__(self) -> None:
         if not self.upstream_url.startswith(("http://", "https://")):
@@ -73,6 +76,8 @@ class Settings:
             )
         if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
             raise SettingsError("timeouts must be > 0")
+        if self.upstream_transport not in _TRANSPORTS:
+            raise SettingsError(f"upstream transport must be one of {', '.join(_TRANSPORTS)}")
         if self.max_connections < 1:
             raise SettingsError(f"max connections must be >= 1: {self.max_connections}")
 

@@ -26,6 +26,7 @@ from proxy.transport import (
     UpstreamResponse,
     UpstreamTransport,
 )
+from proxy.wire import WireUpstream
 
 __all__ = [
     "RawHeaders",
@@ -68,7 +69,7 @@ class UpstreamClient:
         self.base_url = base_url.rstrip("/")
         if isinstance(transport, httpx.AsyncBaseTransport):
             transport = HttpxUpstream(transport)
-        self._transport: UpstreamTransport = transport or AiohttpUpstream()
+        self._transport: UpstreamTransport = transport or WireUpstream()
         self._authorization = f"Bearer {api_key}".encode() if api_key else None
 
     @classmethod
@@ -83,16 +84,14 @@ class UpstreamClient:
                 settings.read_timeout_s, connect=settings.connect_timeout_s, pool=30.0
             )
             transport = HttpxUpstream(transport, timeout)
-        return cls(
-            settings.upstream_url,
-            api_key=settings.upstream_api_key,
-            transport=transport
-            or AiohttpUpstream(
+        if transport is None:
+            kind = WireUpstream if settings.upstream_transport == "wire" else AiohttpUpstream
+            transport = kind(
                 max_connections=settings.max_connections,
                 connect_timeout_s=settings.connect_timeout_s,
                 read_timeout_s=settings.read_timeout_s,
-            ),
-        )
+            )
+        return cls(settings.upstream_url, api_key=settings.upstream_api_key, transport=transport)
 
     @property
     def org_authorization(self) -> bytes | None:

@@ -13,8 +13,9 @@ import pytest
 
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
 from proxy.settings import Settings
-from proxy.transport import AiohttpUpstream
+from proxy.transport import AiohttpUpstream, UpstreamTransport
 from proxy.upstream import UpstreamClient, map_transport_error
+from proxy.wire import WireUpstream
 
 
 def _echo(request: httpx.Request) -> httpx.Response:
@@ -71,14 +72,24 @@ async def test_mock_transport_errors_are_mapped() -> None:
             pass
 
 
+Kind = Callable[..., UpstreamTransport]
+
+
+@pytest.fixture(params=[WireUpstream, AiohttpUpstream], ids=["wire", "aiohttp"])
+def kind(request: pytest.FixtureRequest) -> Kind:
+    """Both socket transports must behave the same."""
+    factory: Kind = request.param
+    return factory
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-async def test_aiohttp_refused_is_502_not_504() -> None:
-    client = UpstreamClient("http://127.0.0.1/v1", transport=AiohttpUpstream(connect_timeout_s=2))
+async def test_refused_is_502_not_504(kind: Kind) -> None:
+    client = UpstreamClient("http://127.0.0.1/v1", transport=kind(connect_timeout_s=2))
     try:
         with pytest.raises(UpstreamUnreachable):
             await client.open("GET", f"http://127.0.0.1:{_closed_port()}/v1/models", [], b"")
@@ -109,12 +120,12 @@ async def _serve(handler: Handler) -> AsyncIterator[int]:
         await server.wait_closed()
 
 
-async def test_aiohttp_read_timeout_is_504() -> None:
+async def test_read_timeout_is_504(kind: Kind) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         await asyncio.sleep(2)
 
-    client = UpstreamClient("http://127.0.0.1/v1", transport=AiohttpUpstream(read_timeout_s=0.2))
+    client = UpstreamClient("http://127.0.0.1/v1", transport=kind(read_timeout_s=0.2))
     async with _serve(silent) as port:
         try:
             with pytest.raises(UpstreamTimeout):
@@ -123,7 +134,7 @@ async def test_aiohttp_read_timeout_is_504() -> None:
             await client.aclose()
 
 
-async def test_aiohttp_body_cut_short_is_unreachable() -> None:
+async def test_body_cut_short_is_unreachable(kind: Kind) -> None:
     async def truncated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
@@ -131,7 +142,7 @@ async def test_aiohttp_body_cut_short_is_unreachable() -> None:
         writer.close()
         await writer.wait_closed()
 
-    client = UpstreamClient("http://127.0.0.1/v1", transport=AiohttpUpstream())
+    client = UpstreamClient("http://127.0.0.1/v1", transport=kind())
     async with _serve(truncated) as port:
         try:
             async with client.stream(
@@ -147,7 +158,7 @@ async def test_aiohttp_body_cut_short_is_unreachable() -> None:
             await client.aclose()
 
 
-async def test_aiohttp_sends_verbatim_url_and_no_invented_headers() -> None:
+async def test_verbatim_url_and_no_invented_headers(kind: Kind) -> None:
     seen: list[bytes] = []
 
     async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -158,7 +169,7 @@ async def test_aiohttp_sends_verbatim_url_and_no_invented_headers() -> None:
         writer.close()
         await writer.wait_closed()
 
-    client = UpstreamClient("http://127.0.0.1/v1", transport=AiohttpUpstream())
+    client = UpstreamClient("http://127.0.0.1/v1", transport=kind())
     async with _serve(record) as port:
         try:
             for _ in range(2):
@@ -171,3 +182,68 @@ async def test_aiohttp_sends_verbatim_url_and_no_invented_headers() -> None:
     assert first.startswith("get /v1/files/a%2fb?x=%26&y=1 http/1.1")
     assert "user-agent" not in first and "x-custom: 1" in first
     assert "cookie" not in second  # no cookie jar: nothing replayed across requests/tenants
+
+
+async def test_keep_alive_reuse_chunked_and_stale_retry(kind: Kind) -> None:
+    connections = 0
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        served = 0
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            served += 1
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
+            await writer.drain()
+            if served == 2:  # then close while idle: the client must retry on a new one
+                writer.close()
+                return
+
+    client = UpstreamClient("http://127.0.0.1/v1", transport=kind())
+    async with _serve(keep_alive) as port:
+        try:
+            for _ in range(3):
+                url = f"http://127.0.0.1:{port}/v1/models"
+                async with client.stream("POST", url, [], b"{}") as response:
+                    assert b"".join([c async for c in client.iter_raw(response)]) == b"hello world"
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+    assert connections == 2
+
+
+async def test_wire_head_and_cancelled_body_closes_connection() -> None:
+    closed = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if head.startswith(b"HEAD"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: 1\n\n")
+        await writer.drain()
+        await reader.read()  # returns when the client closes
+        closed.set()
+
+    client = UpstreamClient("http://127.0.0.1/v1", transport=WireUpstream())
+    async with _serve(handler) as port:
+        try:
+            async with client.stream("HEAD", f"http://127.0.0.1:{port}/v1/x", [], b"") as response:
+                assert response.status == 200
+                assert [c async for c in client.iter_raw(response)] == []
+            async with client.stream("GET", f"http://127.0.0.1:{port}/v1/x", [], b"") as response:
+                async for chunk in client.iter_raw(response):
+                    assert chunk == b"data: 1\n\n"
+                    break
+            await asyncio.wait_for(closed.wait(), 5)
+        finally:
+            await client.aclose()
