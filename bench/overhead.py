@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -44,7 +45,7 @@ STREAM_REQUEST = REQUEST[:-1] + b', "stream": true, "stream_options": {"include_
 
 
 # ---------------------------------------------------------------- fake upstream (subprocess)
-def _upstream_app() -> object:
+def _upstream_app() -> Any:
     completion = json.dumps(
         {
             "id": "chatcmpl-bench",
@@ -72,28 +73,28 @@ def _upstream_app() -> object:
     ]
     sse_headers = [(b"content-type", b"text/event-stream")]
 
-    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while True:
-                message = await receive()  # type: ignore[operator]
+                message = await receive()
                 kind = "startup" if message["type"] == "lifespan.startup" else "shutdown"
-                await send({"type": f"lifespan.{kind}.complete"})  # type: ignore[operator]
+                await send({"type": f"lifespan.{kind}.complete"})
                 if kind == "shutdown":
                     return
         body = b""
         while True:
-            message = await receive()  # type: ignore[operator]
+            message = await receive()
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
         if b'"stream": true' in body:
-            await send({"type": "http.response.start", "status": 200, "headers": sse_headers})  # type: ignore[operator]
+            await send({"type": "http.response.start", "status": 200, "headers": sse_headers})
             for _ in range(STREAM_EVENTS):
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})  # type: ignore[operator]
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})  # type: ignore[operator]
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         else:
-            await send({"type": "http.response.start", "status": 200, "headers": json_headers})  # type: ignore[operator]
-            await send({"type": "http.response.body", "body": completion})  # type: ignore[operator]
+            await send({"type": "http.response.start", "status": 200, "headers": json_headers})
+            await send({"type": "http.response.body", "body": completion})
 
     return app
 

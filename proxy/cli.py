@@ -8,8 +8,8 @@ Each subcommand sets `func` (taking the parsed namespace, returning an exit stat
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -126,9 +126,6 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"linguagate serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
     import uvicorn
 
     common: dict[str, Any] = {
@@ -138,6 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
         "http": "httptools",
         "lifespan": "on",
         "log_level": settings.log_level,
+        "log_config": _log_config(settings.log_level),
         "access_log": not args.no_access_log,
         # Upstream `server` headers are relayed; ours would duplicate them.
         "server_header": False,
@@ -154,6 +152,27 @@ def _serve(args: argparse.Namespace) -> int:
             "proxy.app:create_app_from_env", factory=True, workers=settings.workers, **common
         )
     return 0
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging setup plus our `linguagate.*` loggers on its handler.
+
+    Passed to uvicorn (not applied here) so that every worker process configures it too.
+    """
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["linguagate"] = {"format": "%(levelname)s:     %(name)s: %(message)s"}
+    config["handlers"]["linguagate"] = {
+        "formatter": "linguagate",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    ours = {"handlers": ["linguagate"], "level": level.upper(), "propagate": False}
+    # Other modules log under their dotted `proxy.*` names.
+    config["loggers"]["linguagate"] = ours
+    config["loggers"]["proxy"] = dict(ours)
+    return config
 
 
 def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, list[str]]:
