@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.ledger import UsageRecord
 
 __all__ = [
     "ClientHeaders",
@@ -63,6 +67,7 @@ class ForwardRequest:
     request_id: str
     response_headers: RawHeaderList
     started: float
+    usage: UsageRecord | None = None
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.types import Scope
@@ -16,6 +17,9 @@ from proxy.forwarding import ForwardRequest, RawHeaderList, request_headers_for_
 from proxy.policy import PolicySnapshot, Tenant
 from proxy.tenancy import resolve_tenant
 from proxy.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from proxy.ledger import UsageRecord
 
 __all__ = ["authenticate", "forward_request", "read_body", "request_id_for", "started_at"]
 
@@ -77,6 +81,7 @@ def forward_request(
     response_headers: RawHeaderList,
     streaming: bool,
     started: float,
+    usage: UsageRecord | None = None,
 ) -> ForwardRequest:
     """The upstream request for `request`: same method, path and query; `content` as body."""
     scope = request.scope
@@ -94,4 +99,5 @@ def forward_request(
         request_id=request_id,
         response_headers=response_headers,
         started=started,
+        usage=usage,
     )

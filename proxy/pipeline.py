@@ -25,6 +25,7 @@ from proxy.policy import Tenant
 from proxy.streaming import UpstreamRelay
 
 if TYPE_CHECKING:
+    from proxy.ledger import UsageRecord
     from proxy.services import Services
 
 __all__ = [
@@ -43,11 +44,14 @@ class PipelineOutcome:
     """What the compression step decided.
 
     `body` is exactly the client's bytes when nothing changed; `headers` are
-    `x-linguagate-*` headers to add to the response.
+    `x-linguagate-*` headers to add to the response; `usage`, if any, is recorded.
     """
 
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    # One request's accounting; the relay adds the upstream's own token counts and hands it
+    # to `Services.ledger` once the answer is complete (or the client went away).
+    usage: UsageRecord | None = None
 
 
 class ChatTransform(Protocol):
@@ -152,5 +156,6 @@ async def chat_completions(request: Request, services: Services) -> Response | U
         response_headers=own_headers,
         streaming=body.get("stream") is True,
         started=started,
+        usage=outcome.usage,
     )
-    return UpstreamRelay(services.upstream, forward)
+    return UpstreamRelay(services.upstream, forward, ledger=services.ledger)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -19,6 +20,9 @@ from proxy.pipeline import ChatTransform, identity_transform
 from proxy.policy import PolicyStore
 from proxy.settings import Settings
 from proxy.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from proxy.ledger import Ledger
 
 __all__ = ["ComponentStatus", "Probe", "Services", "open_services"]
 
@@ -52,6 +56,8 @@ class Services:
     upstream: UpstreamClient
     policies: PolicyStore
     chat_transform: ChatTransform = identity_transform
+    # Where `PipelineOutcome.usage` records go once an answer is complete (None: nowhere).
+    ledger: Ledger | None = None
     # `/readyz` components beside policies and upstream: "redis" (when configured), "model", ...
     probes: Mapping[str, Probe] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -63,6 +69,7 @@ async def open_services(
     transport: httpx.AsyncBaseTransport | None = None,
     chat_transform: ChatTransform | None = None,
     probes: Mapping[str, Probe] | None = None,
+    ledger: Ledger | None = None,
 ) -> AsyncIterator[Services]:
     """Build the services for `settings`, and close them on exit.
 
@@ -82,6 +89,7 @@ async def open_services(
             upstream=upstream,
             policies=policies,
             chat_transform=chat_transform or identity_transform,
+            ledger=ledger,
             probes=MappingProxyType(all_probes),
         )
 

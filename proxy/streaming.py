@@ -16,12 +16,18 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from starlette.types import Message, Receive, Scope, Send
 
 from proxy.errors import UpstreamError, error_body, error_headers, error_status, sse_error_event
 from proxy.forwarding import ForwardRequest, response_headers_for_client
 from proxy.upstream import RawHeaders, UpstreamClient
+from proxy.usage import UsageObserver
+
+if TYPE_CHECKING:
+    from proxy.ledger import Ledger
 
 __all__ = ["UpstreamRelay", "sse_relay"]
 
@@ -75,6 +81,12 @@ async def sse_relay(
         yield sse_error_event(exc)
 
 
+async def _observed(chunks: AsyncIterator[bytes], observer: UsageObserver) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        observer.on_body(chunk)
+        yield chunk
+
+
 def _overhead_header(request: ForwardRequest, sent: float, received: float) -> tuple[bytes, bytes]:
     overhead = (sent - request.started) + (time.perf_counter() - received)
     return (b"x-linguagate-overhead-ms", f"{overhead * 1000:.3f}".encode())
@@ -83,11 +95,15 @@ def _overhead_header(request: ForwardRequest, sent: float, received: float) -> t
 class UpstreamRelay:
     """ASGI response that forwards one `ForwardRequest` and relays the upstream's answer."""
 
-    def __init__(self, upstream: UpstreamClient, request: ForwardRequest) -> None:
+    def __init__(
+        self, upstream: UpstreamClient, request: ForwardRequest, *, ledger: Ledger | None = None
+    ) -> None:
         self._upstream = upstream
         self._request = request
         self._completing = False
         self._event_stream = False
+        self._ledger = ledger if request.usage is not None else None
+        self._observer = UsageObserver() if self._ledger is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -105,6 +121,27 @@ class UpstreamRelay:
             )
         finally:
             watcher.cancel()
+        await self._account()
+
+    async def _account(self) -> None:
+        """Hand the request's usage record (with the upstream's own counts) to the ledger."""
+        usage, ledger, observer = self._request.usage, self._ledger, self._observer
+        if usage is None or ledger is None or observer is None:
+            return
+        observer.finish()
+        record = replace(
+            usage,
+            upstream_prompt_tokens=observer.prompt_tokens,
+            upstream_completion_tokens=observer.completion_tokens,
+        )
+        try:
+            await ledger.record(record)
+        except Exception as exc:  # accounting never fails a request
+            _log.warning(
+                "usage not recorded: %s (request_id=%s)",
+                type(exc).__name__,
+                self._request.request_id,
+            )
 
     async def _cancel_on_disconnect(self, receive: Receive, task: asyncio.Task[object]) -> bool:
         message: Message = await receive()
@@ -128,7 +165,13 @@ class UpstreamRelay:
         try:
             await send(self._start_message(response.status, response.headers, sent))
             chunks = upstream.iter_raw(response)
-            body = sse_relay(chunks) if self._event_stream else chunks
+            observer = self._observer
+            if self._event_stream:
+                body = sse_relay(chunks, on_events=observer.on_events if observer else None)
+            else:
+                body = chunks
+                if observer is not None and response.status < 300:
+                    body = _observed(chunks, observer)
             try:
                 async for chunk in body:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})

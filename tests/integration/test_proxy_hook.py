@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from proxy.errors import InvalidParameter
+from proxy.ledger import UsageRecord
 from proxy.pipeline import ChatTransform, PipelineOutcome
 from proxy.policy import Tenant
 from proxy.services import Services, open_services
@@ -34,14 +36,41 @@ async def shrink(
     if headers.get("x-test-explode"):
         raise RuntimeError("compressor crashed")
     assert body["messages"][0]["content"] == "hello hello"
+    usage = UsageRecord(
+        tenant=tenant.name,
+        model=body["model"],
+        outcome="applied",
+        original_tokens=2,
+        forwarded_tokens=1,
+    )
     return PipelineOutcome(
         raw.replace(b"hello hello", b"hello"),
         {"x-linguagate-compression": f"applied:{tenant.name}"},
+        usage,
     )
 
 
+class RecordingLedger:
+    """Just enough of `proxy.ledger.Ledger` for the relay: keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+        self.arrived = threading.Event()
+
+    async def record(self, rec: UsageRecord) -> None:
+        self.records.append(rec)
+        self.arrived.set()
+
+
 @pytest.fixture
-def hooked_proxy(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[ProxyServer]:
+def ledger() -> RecordingLedger:
+    return RecordingLedger()
+
+
+@pytest.fixture
+def hooked_proxy(
+    fake_upstream: FakeUpstream, tmp_path: Path, ledger: RecordingLedger
+) -> Iterator[ProxyServer]:
     write_tenant(tmp_path, "alpha", [ALPHA_KEY])
     settings = Settings(
         upstream_url=fake_upstream.base_url, upstream_api_key="sk-org", policies_dir=tmp_path
@@ -50,7 +79,7 @@ def hooked_proxy(fake_upstream: FakeUpstream, tmp_path: Path) -> Iterator[ProxyS
 
     @asynccontextmanager
     async def services(s: Settings) -> AsyncIterator[Services]:
-        async with open_services(s, chat_transform=transform) as built:
+        async with open_services(s, chat_transform=transform, ledger=ledger) as built:  # type: ignore[arg-type]
             yield built
 
     with run_proxy(settings, services=services) as server:
@@ -84,3 +113,26 @@ def test_transform_can_reject(hooked_proxy: ProxyServer, upstream: FakeUpstream)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "x-linguagate-mode"
     assert upstream.requests == []
+
+
+def _wait_record(ledger: RecordingLedger) -> UsageRecord:
+    assert ledger.arrived.wait(5), "no usage record arrived"
+    ledger.arrived.clear()
+    record: UsageRecord = ledger.records.pop()
+    return record
+
+
+def test_usage_recorded_with_upstream_counts(
+    hooked_proxy: ProxyServer, upstream: FakeUpstream, ledger: RecordingLedger
+) -> None:
+    url = hooked_proxy.base_url + "/chat/completions"
+    assert httpx.post(url, content=BODY, headers=AUTH).status_code == 200
+    plain = _wait_record(ledger)
+    assert (plain.tenant, plain.outcome, plain.forwarded_tokens) == ("alpha", "applied", 1)
+    assert (plain.upstream_prompt_tokens, plain.upstream_completion_tokens) == (9, 3)
+
+    streamed = BODY[:-1] + b', "stream": true, "stream_options": {"include_usage": true}}'
+    with httpx.stream("POST", url, content=streamed, headers=AUTH) as response:
+        assert b"[DONE]" in b"".join(response.iter_raw())
+    record = _wait_record(ledger)
+    assert (record.upstream_prompt_tokens, record.upstream_completion_tokens) == (9, 3)

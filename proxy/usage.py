@@ -1,0 +1,63 @@
+"""Reading the upstream's own `usage` off a relayed answer, for the savings ledger.
+
+Parse, never mutate: the relay hands this observer copies of what it already sent.
+For event streams, only events that carry a `usage` object are parsed (the
+`stream_options.include_usage` chunk); for plain JSON answers, the body is kept (up to a
+bound) and parsed once at the end.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["UsageObserver"]
+
+_MAX_JSON_BODY = 4 * 1024 * 1024
+_USAGE_MARK = b'"usage":'
+
+
+class UsageObserver:
+    """Collects `prompt_tokens` / `completion_tokens` from one upstream answer."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self._body: list[bytes] = []
+        self._size = 0
+
+    def on_events(self, block: bytes) -> None:
+        """A block of complete SSE events, as relayed."""
+        if _USAGE_MARK not in block:
+            return
+        for line in block.splitlines():
+            if line.startswith(b"data:") and _USAGE_MARK in line:
+                self._take(_loads(line[5:]))
+
+    def on_body(self, chunk: bytes) -> None:
+        """A chunk of a plain (JSON) body, as relayed."""
+        self._size += len(chunk)
+        if self._size <= _MAX_JSON_BODY:
+            self._body.append(chunk)
+
+    def finish(self) -> None:
+        if self._body and self._size <= _MAX_JSON_BODY:
+            self._take(_loads(b"".join(self._body)))
+        self._body.clear()
+
+    def _take(self, payload: Any) -> None:
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        if not isinstance(usage, dict):
+            return
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            self.prompt_tokens = prompt
+        if isinstance(completion, int):
+            self.completion_tokens = completion
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
