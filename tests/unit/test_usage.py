@@ -10,7 +10,8 @@ def test_usage_chunk_in_stream() -> None:
     observer.on_events(b'data: {"choices": [{"delta": {}}], "usage": null}\n\n')
     assert observer.prompt_tokens is None
     observer.on_events(
-        b'data: {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 4}}\n\ndata: [DONE]\n\n'
+        b'data: {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 4}}\n\n'
+        b"data: [DONE]\n\n"
     )
     observer.finish()
     assert (observer.prompt_tokens, observer.completion_tokens) == (11, 4)
