@@ -8,7 +8,7 @@ from proxy.usage import UsageObserver
 def test_usage_chunk_in_stream() -> None:
     observer = UsageObserver()
     observer.on_events(b'data: {"choices": [{"delta": {}}], "usage": null}\n\n')
-    assert observer.prompt_tokens is None
+    assert (observer.prompt_tokens, observer.completion_tokens) == (None, None)
     observer.on_events(
         b'data: {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 4}}\n\n'
         b"data: [DONE]\n\n"
