@@ -81,6 +81,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.headers_done and not self.complete and self.error is None and not self._framed():
+            # No content-length and not chunked: the body ends where the connection does.
+            self.complete = True
+            self._wake()
         if not self.complete:
             self._fail(
                 httpx.RemoteProtocolError("server disconnected before the response completed")
@@ -93,6 +97,15 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         pass
+
+    def _framed(self) -> bool:
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length" or (
+                lowered == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                return True
+        return False
 
     # httptools callbacks ------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -247,3 +247,22 @@ async def test_wire_head_and_cancelled_body_closes_connection() -> None:
             await asyncio.wait_for(closed.wait(), 5)
         finally:
             await client.aclose()
+
+
+async def test_body_delimited_by_close(kind: Kind) -> None:
+    async def old_style(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nall of it"
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    client = UpstreamClient("http://127.0.0.1/v1", transport=kind())
+    async with _serve(old_style) as port:
+        try:
+            async with client.stream("GET", f"http://127.0.0.1:{port}/v1/x", [], b"") as response:
+                assert b"".join([c async for c in client.iter_raw(response)]) == b"all of it"
+        finally:
+            await client.aclose()
