@@ -64,6 +64,13 @@ class Settings:
             )
         # Normalised so that path joining never produces "//".
         object.__setattr__(self, "upstream_url", self.upstream_url.rstrip("/"))
+        if self.upstream_api_key is not None:
+            # Secrets mounted from files often end in a newline; inside a header it would break
+            # the request (or inject one).
+            key = self.upstream_api_key.strip()
+            if not key.isprintable() or not key.isascii():
+                raise SettingsError("LINGUAGATE_UPSTREAM_API_KEY contains unprintable characters")
+            object.__setattr__(self, "upstream_api_key", key or None)
         if not 0 < self.port < 65536:
             raise SettingsError(f"port out of range: {self.port}")
         if self.workers < 1:

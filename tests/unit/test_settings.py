@@ -71,3 +71,10 @@ def test_invalid_values(changes: dict[str, object]) -> None:
 def test_non_numeric_env() -> None:
     with pytest.raises(SettingsError, match="LINGUAGATE_PORT"):
         Settings.from_env({"LINGUAGATE_PORT": "eighty"})
+
+
+def test_org_key_is_trimmed_and_checked() -> None:
+    assert Settings(upstream_api_key="sk-abc\n").upstream_api_key == "sk-abc"
+    assert Settings(upstream_api_key="  ").upstream_api_key is None
+    with pytest.raises(SettingsError):
+        Settings(upstream_api_key="sk-a\r\nx-evil: 1")
