@@ -5,8 +5,8 @@ Shared by the chat pipeline and the plain pass-through routes.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -36,7 +36,7 @@ def request_id_for(request: Request) -> str:
     given = request.headers.get("x-request-id")
     if given and len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
         return given
-    return "lg-" + uuid.uuid4().hex
+    return "lg-" + os.urandom(16).hex()
 
 
 def authenticate(request: Request, snapshot: PolicySnapshot) -> Tenant:

@@ -78,7 +78,8 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
     every other field is left for the upstream to judge and is forwarded untouched.
     """
     try:
-        body = json.loads(raw)
+        # Decoding first skips json's encoding sniffing: request bodies are UTF-8 (RFC 8259).
+        body = json.loads(raw.decode())
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedJSON(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
