@@ -25,7 +25,7 @@ __all__ = ["dispatch_v1", "routes"]
 
 _log = logging.getLogger("linguagate.routes")
 
-_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _services(request: Request) -> Services:
@@ -121,8 +121,8 @@ def routes() -> list[BaseRoute]:
     # plain Starlette(routes=routes()) complete.
     return [
         Route("/v1/chat/completions", _chat, methods=["POST"]),
-        Route("/v1/{path:path}", _passthrough, methods=_ALL_METHODS),
+        Route("/v1/{path:path}", _passthrough, methods=list(_ALL_METHODS)),
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),
         Route("/readyz", _readyz, methods=["GET", "HEAD"]),
-        Route("/{path:path}", _not_found, methods=_ALL_METHODS),
+        Route("/{path:path}", _not_found, methods=list(_ALL_METHODS)),
     ]
