@@ -103,17 +103,21 @@ class Compressor:
         granularity_k: float = 2.0,
         protect: ProtectRules | None = None,
         keep_line_breaks: bool = True,
+        coarse_tokens: int | None = 128,
     ) -> CompressionResult:
         """Compress a prompt to ``rate`` of its target tokens (or to ``target_tokens``).
 
         ``instruction_rate`` / ``question_rate`` bound those components (1.0 keeps them
         whole); demonstrations take the rest. ``protect`` None means ``ProtectRules()``
         (code, JSON, URLs and <keep> regions protected; tags removed).
+        ``coarse_tokens``: the perplexity ranking of demonstrations reads this many
+        scoring tokens of each (None: all of it); the question-aware ranking always
+        reads whole documents, since the answer may sit anywhere in them.
         """
         started = time.perf_counter()
         if not rate > 0 and target_tokens is None:
             raise ValueError("rate must be > 0")
-        if segment_tokens < 1 or granularity_k <= 0:
+        if segment_tokens < 1 or granularity_k <= 0 or (coarse_tokens or 1) < 1:
             raise ValueError("segment_tokens must be >= 1 and granularity_k > 0")
         encoding = encoding_for_model(target_model)
         rules = protect if protect is not None else ProtectRules()
@@ -132,25 +136,33 @@ class Compressor:
                 outputs = self._compress(
                     prep, lengths, min(rate, 1.0), instruction_rate, question_rate,
                     question_aware, segment_tokens, granularity_k, keep_line_breaks, encoding,
+                    coarse_tokens,
                 )
         return _result(texts, outputs, encoding, started)
 
     def _rank(
-        self, prep: _Prepared, question_aware: bool
+        self, prep: _Prepared, question_aware: bool, coarse_tokens: int | None, segment_tokens: int
     ) -> tuple[list[float], list[Encoded], list[FloatArray]]:
         sc = self._scorer
         demos = prep.units[1:-1]
         encs = [sc.encode(u.text) for u in demos]
         question = prep.units[-1].text
         if question_aware and question.strip():
-            tail = np.concatenate([sc.encode("\n\n").ids, sc.encode(question + _RESTRICT).ids])
-            nlls = sc.score([np.concatenate([e.ids, tail]) for e in encs])
+            sep = sc.encode("\n\n").ids
+            tail = np.concatenate([sep, sc.encode(question + _RESTRICT).ids])
+            # Only the question's tokens go through the output head: documents are context.
+            nlls = sc.score(
+                [np.concatenate([e.ids, tail]) for e in encs], skip=[len(e.ids) + len(sep) for e in encs]
+            )
             # Higher p(question | document) = more relevant = kept first.
-            scores = [-float(np.mean(n[len(e.ids) :])) for n, e in zip(nlls, encs, strict=True)]
-            own = [n[: len(e.ids)] for n, e in zip(nlls, encs, strict=True)]
+            scores = [-float(np.mean(n)) for n in nlls]
+            own = [np.zeros(0, np.float32) for _ in encs]
         else:
-            own = sc.score([e.ids for e in encs])
-            scores = [float(np.mean(n)) if len(n) else 0.0 for n in own]
+            # A prefix estimates a demonstration's perplexity; reading a little past the
+            # first ITPC segment lets that segment reuse these losses.
+            limit = None if coarse_tokens is None else max(coarse_tokens, segment_tokens + 32)
+            own = sc.score([e.ids[:limit] for e in encs])
+            scores = [float(np.mean(n[:coarse_tokens])) if len(n) else 0.0 for n in own]
         return scores, encs, own
 
     def _compress(
@@ -165,6 +177,7 @@ class Compressor:
         granularity_k: float,
         keep_line_breaks: bool,
         encoding: object,
+        coarse_tokens: int | None,
     ) -> list[str]:
         n_demos = len(prep.units) - 2
         shape = {
@@ -180,7 +193,9 @@ class Compressor:
         coarse: list[FloatArray | None] = [None] * len(prep.units)
         scores = None
         if needs_ranking(**shape):  # type: ignore[arg-type]
-            scores, demo_encs, demo_nll = self._rank(prep, question_aware)
+            scores, demo_encs, demo_nll = self._rank(
+                prep, question_aware, coarse_tokens, segment_tokens
+            )
             encs[1:-1] = demo_encs
             coarse[1:-1] = demo_nll
         budget = plan_budget(**shape, demo_scores=scores)  # type: ignore[arg-type]

@@ -40,7 +40,7 @@ class Piece:
     enc: Encoded
     costs: IntArray  # target tokens per unit
     forced: BoolArray  # per unit: never dropped
-    coarse_nll: FloatArray | None = None  # per token, given only a start token before the piece
+    coarse_nll: FloatArray | None = None  # first tokens' NLL given only a start token before them
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,9 @@ def _segment_nll(
     start = int(flat.piece_token_start[p])
     coarse = pieces[p].coarse_nll
     same_piece = bool(np.all(flat.piece_of_token[a:b] == p)) and flat.unit[a] >= 0
-    if not started and not pending and a == start and same_piece and coarse is not None:
+    covered = coarse is not None and b - start <= len(coarse)
+    if not started and not pending and a == start and same_piece and covered:
+        assert coarse is not None
         # Nothing precedes this segment: the coarse pass scored it in exactly this context.
         return coarse[a - start : b - start]
     append = np.concatenate(pending) if pending else np.zeros(0, np.int64)

@@ -119,18 +119,24 @@ class Scorer:
 
     # --- whole sequences ---------------------------------------------------------
 
-    def score(self, seqs: Sequence[IntArray]) -> list[FloatArray]:
-        """NLL of every token of each sequence, each conditioned on a start token + its prefix."""
+    def score(self, seqs: Sequence[IntArray], skip: Sequence[int] | None = None) -> list[FloatArray]:
+        """NLL of the tokens of each sequence, each conditioned on a start token + its prefix.
+
+        With ``skip``, the first ``skip[i]`` tokens of sequence ``i`` are context only:
+        they are not put through the output head and not returned.
+        """
+        skips = list(skip) if skip is not None else [0] * len(seqs)
         results: list[FloatArray | None] = [None] * len(seqs)
         short = [i for i, s in enumerate(seqs) if 0 < len(s) < self.context]
         for i, s in enumerate(seqs):
             if len(s) == 0:
                 results[i] = np.zeros(0, np.float32)
             elif len(s) >= self.context:
-                results[i] = self._score_windowed(s)
+                results[i] = self._score_windowed(s)[skips[i] :]
         for batch in self._batches([len(seqs[i]) for i in short]):
             members = [short[j] for j in batch]
-            for i, nll in zip(members, self._score_batch([seqs[i] for i in members]), strict=True):
+            scored = self._score_batch([seqs[i] for i in members], [skips[i] for i in members])
+            for i, nll in zip(members, scored, strict=True):
                 results[i] = nll
         return [r if r is not None else np.zeros(0, np.float32) for r in results]
 
@@ -152,24 +158,30 @@ class Scorer:
             batches.append(current)
         return batches
 
-    def _score_batch(self, seqs: Sequence[IntArray]) -> list[FloatArray]:
+    def _score_batch(
+        self, seqs: Sequence[IntArray], skips: Sequence[int] | None = None
+    ) -> list[FloatArray]:
+        skips = list(skips) if skips is not None else [0] * len(seqs)
         width = max(len(s) for s in seqs) + 1
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        wanted = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
         for row, s in enumerate(seqs):
             ids[row, 0] = self.start_id
             ids[row, 1 : len(s) + 1] = torch.from_numpy(s)
             mask[row, : len(s) + 1] = 1
+            wanted[row, skips[row] : len(s)] = True
         dev = self.device
         ids, mask = ids.to(dev), mask.to(dev)
         hidden = self._hidden(ids, mask if len(seqs) > 1 else None)
-        valid = mask[:, 1:].bool()
+        valid = wanted.to(dev)
         nll = self.head_nll(hidden[:, :-1][valid], ids[:, 1:][valid]).cpu().numpy()
         out: list[FloatArray] = []
         pos = 0
-        for s in seqs:
-            out.append(nll[pos : pos + len(s)].astype(np.float32))
-            pos += len(s)
+        for s, k in zip(seqs, skips, strict=True):
+            n = max(0, len(s) - k)
+            out.append(nll[pos : pos + n].astype(np.float32))
+            pos += n
         return out
 
     def _score_windowed(self, seq: IntArray) -> FloatArray:

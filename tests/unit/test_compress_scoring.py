@@ -92,3 +92,11 @@ def test_stream_restarts_on_a_window_when_the_prefix_outgrows_the_context(
             out = stream.step(ids[max(0, i - 16) : i], seg, np.ones(len(seg), bool))
             assert np.isfinite(out).all()
             assert stream.cache is not None and stream.cache.get_seq_length() < sc.context
+
+
+def test_skipped_context_tokens_are_not_scored(scorer: Scorer) -> None:
+    ids = scorer.encode(sample_text(60)).ids
+    with torch.inference_mode():
+        full = scorer.score([ids])[0]
+        tail = scorer.score([ids], skip=[20])[0]
+    np.testing.assert_allclose(tail, full[20:], rtol=1e-4, atol=1e-4)
