@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Budget", "needs_ranking", "plan_budget", "select_demonstrations"]
+__all__ = ["Budget", "Shape", "needs_ranking", "plan_budget", "select_demonstrations"]
 
 
 @dataclass(frozen=True)
@@ -49,30 +49,53 @@ def select_demonstrations(
     return tuple(sorted(kept))
 
 
-def plan_budget(
-    *,
-    rate: float,
-    instruction_tokens: int,
-    demo_tokens: Sequence[int],
-    question_tokens: int,
-    instruction_rate: float,
-    question_rate: float,
-    granularity_k: float,
-    demo_scores: Sequence[float] | None,
-) -> Budget:
-    """Split ``rate`` of the prompt into component budgets and pick demonstrations.
+@dataclass(frozen=True)
+class Shape:
+    """Component sizes (target tokens) and the requested rates."""
+
+    rate: float
+    instruction_tokens: int
+    demo_tokens: tuple[int, ...]
+    question_tokens: int
+    instruction_rate: float = 1.0
+    question_rate: float = 1.0
+    granularity_k: float = 2.0
+
+    def demo_rate(self) -> float:
+        """τ_dems: what is left for demonstrations once instruction and question have theirs."""
+        l_dem = sum(self.demo_tokens)
+        if not l_dem:
+            return 0.0
+        total = self.instruction_tokens + self.question_tokens + l_dem
+        fixed = (
+            min(1.0, self.instruction_rate) * self.instruction_tokens
+            + min(1.0, self.question_rate) * self.question_tokens
+        )
+        return max(0.0, (self.rate * total - fixed) / l_dem)
+
+
+def needs_ranking(shape: Shape) -> bool:
+    """Whether the coarse pass can drop anything (else its scoring is skipped)."""
+    l_dem = sum(shape.demo_tokens)
+    if len(shape.demo_tokens) < 2 or not l_dem:
+        return False
+    return shape.granularity_k * shape.demo_rate() * l_dem < l_dem
+
+
+def plan_budget(shape: Shape, demo_scores: Sequence[float] | None) -> Budget:
+    """Split ``shape.rate`` of the prompt into component budgets and pick demonstrations.
 
     ``demo_scores`` (higher = keep first) may be None when every demonstration
     fits anyway; the caller skips scoring then.
     """
-    l_ins, l_que, l_dem = instruction_tokens, question_tokens, sum(demo_tokens)
-    total_len = l_ins + l_que + l_dem
-    total = round(rate * total_len)
-    tau_ins, tau_que = min(1.0, instruction_rate), min(1.0, question_rate)
+    demo_tokens = shape.demo_tokens
+    l_ins, l_que, l_dem = shape.instruction_tokens, shape.question_tokens, sum(demo_tokens)
+    total = round(shape.rate * (l_ins + l_que + l_dem))
+    tau_ins, tau_que = min(1.0, shape.instruction_rate), min(1.0, shape.question_rate)
     kept: tuple[int, ...] = tuple(range(len(demo_tokens)))
     if l_dem:
-        tau_dems = max(0.0, (rate * total_len - tau_ins * l_ins - tau_que * l_que) / l_dem)
-        coarse = granularity_k * tau_dems * l_dem
+        tau_dems = shape.demo_rate()
+        coarse = shape.granularity_k * tau_dems * l_dem
         if coarse < l_dem and demo_scores is not None:
             kept = select_demonstrations(demo_tokens, demo_scores, coarse, tau_dems * l_dem)
         kept_len = sum(demo_tokens[i] for i in kept)
@@ -83,26 +106,3 @@ def plan_budget(
     que = min(l_que, math.floor(tau_que * l_que + 0.5))
     dem = min(sum(demo_tokens[i] for i in kept), max(0, total - ins - que))
     return Budget(total, ins, dem, que, kept)
-
-
-def needs_ranking(
-    *,
-    rate: float,
-    instruction_tokens: int,
-    demo_tokens: Sequence[int],
-    question_tokens: int,
-    instruction_rate: float,
-    question_rate: float,
-    granularity_k: float,
-) -> bool:
-    """Whether the coarse pass can drop anything (else its scoring is skipped)."""
-    l_dem = sum(demo_tokens)
-    if len(demo_tokens) < 2 or not l_dem:
-        return False
-    total_len = instruction_tokens + question_tokens + l_dem
-    tau_dems = max(
-        0.0,
-        (rate * total_len - min(1.0, instruction_rate) * instruction_tokens
-         - min(1.0, question_rate) * question_tokens) / l_dem,
-    )
-    return granularity_k * tau_dems * l_dem < l_dem

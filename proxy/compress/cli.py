@@ -38,13 +38,20 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         help="compress a chat-completions request body (stdin -> stdout)",
         description="Read an OpenAI chat-completions request body on stdin and write the body "
         "LinguaGate would forward, with the prompt compressed. With --policy, the tenant file's "
-        "[compression] settings apply (its mode and model globs are ignored: this always compresses).",
+        "[compression] settings apply (its mode and model globs are ignored: "
+        "this always compresses).",
     )
-    parser.add_argument("--rate", type=float, help="target rate (compressed/original target tokens)")
+    parser.add_argument(
+        "--rate", type=float, help="target rate (compressed/original target tokens)"
+    )
     parser.add_argument("--policy", type=Path, metavar="FILE", help="tenant policy TOML file")
-    parser.add_argument("--model", metavar="M", help="small LM (HF id or folder; default SmolLM2-135M)")
+    parser.add_argument(
+        "--model", metavar="M", help="small LM (HF id or folder; default SmolLM2-135M)"
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--stats", action="store_true", help="print a JSON line of token counts on stderr")
+    parser.add_argument(
+        "--stats", action="store_true", help="print a JSON line of token counts on stderr"
+    )
     parser.set_defaults(func=_run)
 
 
@@ -65,8 +72,12 @@ def _policy_settings(path: Path, model: str | None) -> _Settings:
         granularity_k=policy.granularity_k,
         compress_json_tool_results=policy.compress_json_tool_results,
         protect={
-            "number": protect.number, "code": protect.code, "json": protect.json,
-            "url": protect.url, "quoted": protect.quoted, "regexes": tuple(protect.regexes),
+            "number": protect.number,
+            "code": protect.code,
+            "json": protect.json,
+            "url": protect.url,
+            "quoted": protect.quoted,
+            "regexes": tuple(protect.regexes),
             "keep_tags": protect.keep_tags,
         },
     )
@@ -116,10 +127,16 @@ def _compress_body(
     compressor = Compressor(lm, device)
     load_ms = (time.perf_counter() - started) * 1000.0
     result = compressor.compress(
-        inputs.instruction, inputs.demonstrations, inputs.question, settings.rate,
-        instruction_rate=settings.instruction_rate, question_rate=settings.question_rate,
-        question_aware=settings.question_aware, target_model=target_model,
-        segment_tokens=settings.segment_tokens, granularity_k=settings.granularity_k,
+        inputs.instruction,
+        inputs.demonstrations,
+        inputs.question,
+        settings.rate,
+        instruction_rate=settings.instruction_rate,
+        question_rate=settings.question_rate,
+        question_aware=settings.question_aware,
+        target_model=target_model,
+        segment_tokens=settings.segment_tokens,
+        granularity_k=settings.granularity_k,
         protect=protect,
     )
     replacements = replacements_for(components, inputs.assign(result))

@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import tiktoken
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from proxy.compress.budget import Budget, needs_ranking, plan_budget
+from proxy.compress.budget import Budget, Shape, needs_ranking, plan_budget
 from proxy.compress.itpc import Piece, compress_pieces
 from proxy.compress.lm import load_causal_lm
 from proxy.compress.protect import ProtectRules, apply_rules
@@ -61,7 +62,11 @@ class Compressor:
     model_id: str
 
     def __init__(
-        self, model: str | None = None, device: str | None = None, *, dtype: torch.dtype | None = None
+        self,
+        model: str | None = None,
+        device: str | None = None,
+        *,
+        dtype: torch.dtype | None = None,
     ) -> None:
         loaded = load_causal_lm(model, device, dtype=dtype)
         self._scorer = Scorer(loaded.model, loaded.tokenizer)
@@ -73,7 +78,7 @@ class Compressor:
     ) -> Compressor:
         """Wrap an already-loaded model (tests, custom loading). The model is put in eval mode."""
         self = cls.__new__(cls)
-        model.eval()
+        model.eval()  # type: ignore[no-untyped-call]
         self._scorer = Scorer(model, tokenizer)
         self.model_id = model_id
         return self
@@ -83,7 +88,10 @@ class Compressor:
         return self._scorer.device
 
     def mean_nll(self, text: str) -> float:
-        """Mean per-token NLL (nats) of ``text`` under the small LM; sliding windows past its context."""
+        """Mean per-token NLL (nats) of ``text`` under the small LM.
+
+        Texts longer than the model context are scored in sliding windows.
+        """
         with torch.inference_mode():
             return self._scorer.mean_nll(self._scorer.encode(text).ids)
 
@@ -134,8 +142,16 @@ class Compressor:
         else:
             with torch.inference_mode():
                 outputs = self._compress(
-                    prep, lengths, min(rate, 1.0), instruction_rate, question_rate,
-                    question_aware, segment_tokens, granularity_k, keep_line_breaks, encoding,
+                    prep,
+                    lengths,
+                    min(rate, 1.0),
+                    instruction_rate,
+                    question_rate,
+                    question_aware,
+                    segment_tokens,
+                    granularity_k,
+                    keep_line_breaks,
+                    encoding,
                     coarse_tokens,
                 )
         return _result(texts, outputs, encoding, started)
@@ -152,7 +168,8 @@ class Compressor:
             tail = np.concatenate([sep, sc.encode(question + _RESTRICT).ids])
             # Only the question's tokens go through the output head: documents are context.
             nlls = sc.score(
-                [np.concatenate([e.ids, tail]) for e in encs], skip=[len(e.ids) + len(sep) for e in encs]
+                [np.concatenate([e.ids, tail]) for e in encs],
+                skip=[len(e.ids) + len(sep) for e in encs],
             )
             # Higher p(question | document) = more relevant = kept first.
             scores = [-float(np.mean(n)) for n in nlls]
@@ -176,29 +193,29 @@ class Compressor:
         segment_tokens: int,
         granularity_k: float,
         keep_line_breaks: bool,
-        encoding: object,
+        encoding: tiktoken.Encoding,
         coarse_tokens: int | None,
     ) -> list[str]:
         n_demos = len(prep.units) - 2
-        shape = {
-            "rate": rate,
-            "instruction_tokens": lengths[0],
-            "demo_tokens": lengths[1:-1],
-            "question_tokens": lengths[-1],
-            "instruction_rate": instruction_rate,
-            "question_rate": question_rate,
-            "granularity_k": granularity_k,
-        }
+        shape = Shape(
+            rate=rate,
+            instruction_tokens=lengths[0],
+            demo_tokens=tuple(lengths[1:-1]),
+            question_tokens=lengths[-1],
+            instruction_rate=instruction_rate,
+            question_rate=question_rate,
+            granularity_k=granularity_k,
+        )
         encs: list[Encoded | None] = [None] * len(prep.units)
         coarse: list[FloatArray | None] = [None] * len(prep.units)
         scores = None
-        if needs_ranking(**shape):  # type: ignore[arg-type]
+        if needs_ranking(shape):
             scores, demo_encs, demo_nll = self._rank(
                 prep, question_aware, coarse_tokens, segment_tokens
             )
             encs[1:-1] = demo_encs
             coarse[1:-1] = demo_nll
-        budget = plan_budget(**shape, demo_scores=scores)  # type: ignore[arg-type]
+        budget = plan_budget(shape, scores)
         order = [0, *(1 + i for i in budget.kept), n_demos + 1]
         pieces, where = self._pieces(prep, order, encs, coarse, keep_line_breaks)
         comp_budget = (budget.instruction, budget.demonstrations, budget.question)
@@ -209,18 +226,24 @@ class Compressor:
         free_budgets = [max(0, comp_budget[c] - forced_cost[c]) for c in range(3)]
         decision = compress_pieces(self._scorer, pieces, free_budgets, segment_tokens)
         adjustable = [
-            ~p.forced if comp_budget[p.component] < comp_len[p.component] else np.zeros_like(p.forced)
+            ~p.forced
+            if comp_budget[p.component] < comp_len[p.component]
+            else np.zeros_like(p.forced)
             for p in pieces
         ]
 
         def count(keeps: Sequence[np.ndarray]) -> int:
             return sum(
-                len(encoding.encode(render(p.units, k), disallowed_special=()))  # type: ignore[attr-defined]
+                len(encoding.encode(render(p.units, k), disallowed_special=()))
                 for p, k in zip(pieces, keeps, strict=True)
             )
 
         keeps = fit_budget(
-            decision.keep, decision.density, adjustable, count, budget.total,
+            decision.keep,
+            decision.density,
+            adjustable,
+            count,
+            budget.total,
             _tolerance(budget),
         )
         outputs = [""] * len(prep.units)
@@ -257,10 +280,10 @@ def _tolerance(budget: Budget) -> int:
 
 
 def _result(
-    texts: Sequence[str], outputs: Sequence[str], encoding: object, started: float
+    texts: Sequence[str], outputs: Sequence[str], encoding: tiktoken.Encoding, started: float
 ) -> CompressionResult:
     def n(text: str) -> int:
-        return len(encoding.encode(text, disallowed_special=())) if text else 0  # type: ignore[attr-defined]
+        return len(encoding.encode(text, disallowed_special=())) if text else 0
 
     orig = [n(t) for t in texts]
     comp = [n(t) for t in outputs]

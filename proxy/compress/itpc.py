@@ -99,7 +99,8 @@ def _flatten(pieces: Sequence[Piece], sep: IntArray) -> _Flat:
         unit_first_token=cat(first) if first else np.zeros(0, np.int64),
         unit_has_tokens=cat(has) if has else np.zeros(0, bool),
         unit_component=cat([np.full(len(p.units), p.component, np.int64) for p in pieces])
-        if pieces else np.zeros(0, np.int64),
+        if pieces
+        else np.zeros(0, np.int64),
         unit_cost=cat([p.costs for p in pieces]) if pieces else np.zeros(0, np.int64),
         unit_forced=cat([p.forced for p in pieces]) if pieces else np.zeros(0, bool),
         piece_token_start=np.asarray(tok_start, np.int64),
@@ -145,7 +146,9 @@ def compress_pieces(
     keep = flat.unit_forced.copy()
     density = np.full(n_units, np.nan, np.float32)
     n_comp = max(len(free_budgets), 1)
-    free_cost = np.bincount(flat.unit_component[free], weights=flat.unit_cost[free], minlength=n_comp)
+    free_cost = np.bincount(
+        flat.unit_component[free], weights=flat.unit_cost[free], minlength=n_comp
+    )
     rates = [
         min(1.0, free_budgets[c] / free_cost[c]) if free_cost[c] > 0 else 1.0 for c in range(n_comp)
     ]
@@ -181,7 +184,8 @@ def compress_pieces(
         kept_mask[inside] = keep[flat.unit[a:b][inside]]
         pending.append(flat.ids[a:b][kept_mask])
     keeps = tuple(
-        keep[s : s + len(p.units)].copy() for s, p in zip(flat.piece_unit_start, pieces, strict=True)
+        keep[s : s + len(p.units)].copy()
+        for s, p in zip(flat.piece_unit_start, pieces, strict=True)
     )
     dens = tuple(
         density[s : s + len(p.units)].copy()

@@ -64,7 +64,7 @@ class LoadedLM:
 
 
 def cache_root() -> Path:
-    """``$LINGUAGATE_CACHE_DIR`` or ``~/.cache/linguagate``; converted models live in ``models/``."""
+    """``$LINGUAGATE_CACHE_DIR`` or ``~/.cache/linguagate``; models live in ``models/``."""
     env = os.environ.get("LINGUAGATE_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "linguagate"
 
@@ -136,12 +136,19 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     folder, name = str(gguf.parent), gguf.name
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+    loaded = load_gguf_checkpoint(  # type: ignore[no-untyped-call]
+        str(gguf), return_tensors=True, model_to_load=model
+    )
+    tensors = loaded["tensors"]
     result = model.load_state_dict(tensors, strict=False)
-    missing = [k for k in result.missing_keys if k != "lm_head.weight" or not config.tie_word_embeddings]
+    missing = [
+        k for k in result.missing_keys if k != "lm_head.weight" or not config.tie_word_embeddings
+    ]
     if missing or result.unexpected_keys:
-        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={result.unexpected_keys}")
+        raise RuntimeError(
+            f"GGUF conversion mismatch: missing={missing} unexpected={result.unexpected_keys}"
+        )
     model.tie_weights()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -191,8 +198,8 @@ def load_causal_lm(
     folder = Path(name) if Path(name).is_dir() else None
     tokenizer = AutoTokenizer.from_pretrained(name)
     lm = AutoModelForCausalLM.from_pretrained(name, dtype=dt)
-    lm.to(dev)
-    lm.eval()
+    lm.to(dev)  # type: ignore[arg-type]
+    lm.eval()  # type: ignore[no-untyped-call]
     lm.requires_grad_(False)
     label = "SmolLM2-135M-Instruct" if model is None else name
     return LoadedLM(model=lm, tokenizer=tokenizer, model_id=_model_id(label, folder, lm.config))

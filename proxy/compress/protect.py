@@ -21,7 +21,9 @@ _INLINE_CODE = re.compile(r"`[^`\n]+`")
 _URL = re.compile(r"""(?i)\b(?:https?://|ftp://|www\.)[^\s<>"'`]+""")
 _URL_TRAIL = ".,;:!?)]}'\""
 _NUMBER = re.compile(r"[-+$€£¥]?\d+(?:[.,:/]\d+)*%?")
-_QUOTED = re.compile(r"\"[^\"\n]{1,400}\"|“[^”\n]{1,400}”|‘[^’\n]{1,400}’|(?<!\w)'[^'\n]{1,400}'(?!\w)")
+_QUOTED = re.compile(
+    r"\"[^\"\n]{1,400}\"|“[^”\n]{1,400}”|‘[^’\n]{1,400}’|(?<!\w)'[^'\n]{1,400}'(?!\w)"
+)
 _KEEP = re.compile(r"(?s)<keep>(.*?)</keep>")
 _JSON_START = re.compile(r"[\[{]")
 _DECODER = json.JSONDecoder()
@@ -29,7 +31,7 @@ _DECODER = json.JSONDecoder()
 
 @dataclass(frozen=True)
 class ProtectRules:
-    """Which kinds of text are never compressed (same fields as the policy's ``[compression.protect]``)."""
+    """What is never compressed (same fields as a policy's ``[compression.protect]``)."""
 
     number: bool = False
     code: bool = True
@@ -115,8 +117,8 @@ def _rule_spans(text: str, rules: ProtectRules) -> Iterator[tuple[int, int]]:
         yield from (m.span() for m in _NUMBER.finditer(text))
     if rules.quoted:
         yield from (m.span() for m in _QUOTED.finditer(text))
-    for pattern in rules.regexes:
-        yield from (m.span() for m in _compile(pattern).finditer(text))
+    for user_pattern in rules.regexes:
+        yield from (m.span() for m in _compile(user_pattern).finditer(text))
 
 
 def _merge(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:

@@ -13,10 +13,10 @@ one instance serves many threads.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,8 +32,7 @@ FloatArray = npt.NDArray[np.float32]
 _HEAD_ELEMENTS = 1 << 24
 
 
-@functools.cache
-def _cache_kwarg(model_type: type) -> str:
+def _cache_kwarg(model_type: Any) -> str:
     # transformers 5 renamed `past_key_values` to `cache`; older models keep the old name.
     params = inspect.signature(model_type.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -96,7 +95,7 @@ class Scorer:
         mask: torch.Tensor | None = None,
         cache: DynamicCache | None = None,
     ) -> torch.Tensor:
-        base = self.model.base_model
+        base: Any = self.model.base_model
         kwargs = {_cache_kwarg(type(base)): cache}
         out = base(input_ids=ids, attention_mask=mask, use_cache=cache is not None, **kwargs)
         hidden: torch.Tensor = out.last_hidden_state
@@ -104,7 +103,7 @@ class Scorer:
 
     def head_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """NLL of ``targets`` [N] given the hidden states [N, d] that predict them (float32)."""
-        head = self.model.get_output_embeddings()
+        head: Any = self.model.get_output_embeddings()  # type: ignore[no-untyped-call]
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         vocab = int(head.weight.shape[0])
         rows = max(1, _HEAD_ELEMENTS // vocab)
@@ -119,7 +118,9 @@ class Scorer:
 
     # --- whole sequences ---------------------------------------------------------
 
-    def score(self, seqs: Sequence[IntArray], skip: Sequence[int] | None = None) -> list[FloatArray]:
+    def score(
+        self, seqs: Sequence[IntArray], skip: Sequence[int] | None = None
+    ) -> list[FloatArray]:
         """NLL of the tokens of each sequence, each conditioned on a start token + its prefix.
 
         With ``skip``, the first ``skip[i]`` tokens of sequence ``i`` are context only:
@@ -227,7 +228,10 @@ class Stream:
         """
         sc = self.scorer
         prefix_ids = append.tolist()
-        if self.cache is None or len(self.in_cache) + len(prefix_ids) + len(segment) + 1 > sc.context:
+        if (
+            self.cache is None
+            or len(self.in_cache) + len(prefix_ids) + len(segment) + 1 > sc.context
+        ):
             # Start over on the tail of the compressed text (a sliding window over the prefix).
             keep = max(0, sc.context // 2 - len(segment))
             tail = (self.in_cache + prefix_ids)[-keep:] if keep else []
@@ -237,11 +241,12 @@ class Stream:
             extended = tail
         else:
             extended = prefix_ids
-        base = self.cache.get_seq_length()
         inputs = torch.tensor([*prefix_ids, *segment.tolist()], dtype=torch.long, device=sc.device)
         hidden = sc._hidden(inputs[None], cache=self.cache)[0]
         n_prefix = len(prefix_ids)
-        prev = torch.cat([self.last_hidden[None], hidden], 0) if self.last_hidden is not None else None
+        prev = (
+            torch.cat([self.last_hidden[None], hidden], 0) if self.last_hidden is not None else None
+        )
         # Row r of `pred` predicts segment token r.
         if n_prefix:
             pred = hidden[n_prefix - 1 : n_prefix - 1 + len(segment)]

@@ -21,7 +21,9 @@ __all__ = ["Units", "segment", "target_costs", "unit_of_offsets"]
 
 _CJK = "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
 # Combining marks, joiners and variation selectors belong to the character before them.
-_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u200c\u200d\u20d0-\u20ff\ufe00-\ufe0f\ufe20-\ufe2f"
+_MARKS = (
+    "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u200c\u200d\u20d0-\u20ff\ufe00-\ufe0f\ufe20-\ufe2f"
+)
 _WORD_CHAR = rf"(?:(?![{_CJK}])[^\W_]|[{_MARKS}])"
 _UNIT = re.compile(
     rf"""
@@ -58,7 +60,8 @@ def segment(text: str, protected: Sequence[tuple[int, int]]) -> Units:
     kinds: list[int] = []
     pos = 0
     for span_start, span_end in [*protected, (len(text), len(text))]:
-        # Spaces before a protected span go with it: dropping them would glue it to the previous word.
+        # Spaces before a protected span go with it: dropping them would glue it
+        # to the previous word.
         while span_start > pos and text[span_start - 1] in " \t" and span_end > span_start:
             span_start -= 1
         for m in _UNIT.finditer(text, pos, span_start):

@@ -34,7 +34,9 @@ def test_empty_and_tiny_inputs_come_back_unchanged(
 ) -> None:
     result = tiny_compressor.compress(instruction, demos, question, 0.3)
     assert (result.instruction, result.demonstrations, result.question) == (
-        instruction, tuple(demos), question
+        instruction,
+        tuple(demos),
+        question,
     )
     assert result.rate == (1.0 if result.original_tokens == 0 else result.rate)
     assert result.compressed_tokens == result.original_tokens
@@ -82,15 +84,25 @@ def test_protected_text_survives_verbatim(tiny_compressor: Compressor) -> None:
     )
     rules = ProtectRules(number=True, regexes=(r"ORD-\d+",))
     out = tiny_compressor.compress("", [doc], "", 0.25, protect=rules).demonstrations[0]
-    for needle in ["ORD-5531", "1,234.50", "2024-06-30", "https://example.com/invoices/5531?x=1",
-                   "`pay --now`", 'Never change this line: "exact" 7.', '{"retries": 3, "mode": "fast"}']:
+    for needle in [
+        "ORD-5531",
+        "1,234.50",
+        "2024-06-30",
+        "https://example.com/invoices/5531?x=1",
+        "`pay --now`",
+        'Never change this line: "exact" 7.',
+        '{"retries": 3, "mode": "fast"}',
+    ]:
         assert needle in out
     assert "<keep>" not in out and "</keep>" not in out
     assert len(out) < len(doc)
 
 
 def test_cjk_and_combining_characters_are_never_split(tiny_compressor: Compressor) -> None:
-    doc = ("日本語のテキストも少し含まれています。中文文本也在这里。 café crème e\u0301te 👨\u200d👩\u200d👧 " * 12)
+    doc = (
+        "日本語のテキストも少し含まれています。中文文本也在这里。 "
+        "café crème e\u0301te 👨\u200d👩\u200d👧 " * 12
+    )
     out = tiny_compressor.compress("", [doc], "", 0.4).demonstrations[0]
     assert "\ufffd" not in out
     out.encode("utf-8")
@@ -129,7 +141,9 @@ def test_same_bytes_every_call_and_from_many_threads(tiny_compressor: Compressor
         results = list(pool.map(run, range(8)))
     for r in results:
         assert (r.instruction, r.demonstrations, r.question) == (
-            first.instruction, first.demonstrations, first.question
+            first.instruction,
+            first.demonstrations,
+            first.question,
         )
 
 

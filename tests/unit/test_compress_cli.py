@@ -16,7 +16,9 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast) -> Path:
+def model_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: PreTrainedTokenizerFast
+) -> Path:
     folder = tmp_path_factory.mktemp("tiny-model")
     build_tiny_model(tiny_tokenizer).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
@@ -36,7 +38,10 @@ def _body() -> bytes:
 
 
 def _run(
-    monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes], raw: bytes, *args: str
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
+    raw: bytes,
+    *args: str,
 ) -> tuple[int, bytes, bytes]:
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(raw)))
     code = main(["compress", *args])
@@ -48,9 +53,13 @@ def test_compresses_messages_and_keeps_every_other_byte(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
     raw = _body()
-    code, out, err = _run(monkeypatch, capsysbinary, raw, "--rate", "0.3", "--model", str(model_dir), "--stats")
+    code, out, err = _run(
+        monkeypatch, capsysbinary, raw, "--rate", "0.3", "--model", str(model_dir), "--stats"
+    )
     assert code == 0
-    assert out.startswith(b'{"model": "gpt-4", "temperature": 1.0, "x_unknown": {"keep": [1, 2.50]}, ')
+    assert out.startswith(
+        b'{"model": "gpt-4", "temperature": 1.0, "x_unknown": {"keep": [1, 2.50]}, '
+    )
     assert out.endswith(b', "stream": true}')
     sent, got = json.loads(raw), json.loads(out)
     assert [m["role"] for m in got["messages"]] == [m["role"] for m in sent["messages"]]
@@ -76,7 +85,14 @@ def test_policy_file_settings_apply(
         '[models."gpt-4*".compression]\nrate = 0.4\n'
     )
     code, _, err = _run(
-        monkeypatch, capsysbinary, _body(), "--policy", str(policy), "--model", str(model_dir), "--stats"
+        monkeypatch,
+        capsysbinary,
+        _body(),
+        "--policy",
+        str(policy),
+        "--model",
+        str(model_dir),
+        "--stats",
     )
     assert code == 0
     assert json.loads(err.decode().strip().splitlines()[-1])["requested_rate"] == 0.4

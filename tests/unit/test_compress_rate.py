@@ -40,7 +40,10 @@ def test_achieved_rate_is_within_tolerance(
     assert result.original_tokens == sum(count_tokens(d) for d in demos)
     assert result.compressed_tokens == sum(count_tokens(d) for d in result.demonstrations)
     assert _within(result.compressed_tokens, result.original_tokens, rate), (
-        length, rate, result.compressed_tokens, result.original_tokens
+        length,
+        rate,
+        result.compressed_tokens,
+        result.original_tokens,
     )
 
 
@@ -49,8 +52,12 @@ def test_rate_holds_with_compressible_instruction_and_question(
     tiny_compressor: Compressor, rate: float
 ) -> None:
     result = tiny_compressor.compress(
-        sample_text(120, 7), _demos_of(1200), sample_text(60, 8), rate,
-        instruction_rate=rate, question_rate=rate,
+        sample_text(120, 7),
+        _demos_of(1200),
+        sample_text(60, 8),
+        rate,
+        instruction_rate=rate,
+        question_rate=rate,
     )
     assert _within(result.compressed_tokens, result.original_tokens, rate)
     ins, que = result.component_tokens["instruction"], result.component_tokens["question"]
