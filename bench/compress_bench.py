@@ -102,8 +102,8 @@ def _gsm_answer(raw: str) -> str:
     return f"{body}\nThe answer is {final.strip()}"
 
 
-def gsm8k_samples(n_questions: int, settings: Sequence[str]) -> list[Sample]:
-    demos = tuple((DATA / "gsm8k_prompt_hardest.txt").read_text().strip().split("\n\n"))
+def gsm8k_samples(data: Path, n_questions: int, settings: Sequence[str]) -> list[Sample]:
+    demos = tuple((data / "gsm8k_prompt_hardest.txt").read_text().strip().split("\n\n"))
     originals = set(_numbers("\n\n".join(demos)))
 
     def intact(context: str) -> float:
@@ -112,7 +112,7 @@ def gsm8k_samples(n_questions: int, settings: Sequence[str]) -> list[Sample]:
         found = _numbers(context)
         return sum(n in originals for n in found) / len(found) if found else float("nan")
 
-    rows = [json.loads(x) for x in (DATA / "gsm8k_test_sample.jsonl").read_text().splitlines() if x]
+    rows = [json.loads(x) for x in (data / "gsm8k_test_sample.jsonl").read_text().splitlines() if x]
     out = []
     for setting in settings:
         for i, row in enumerate(rows[:n_questions]):
@@ -158,8 +158,13 @@ def retrieval_samples(sizes: Sequence[int], count: int, rate: float) -> list[Sam
 class Reference:
     """The reference package behind ``_reference_worker.py`` in the bench venv."""
 
-    def __init__(self, python: Path, model_dir: Path, device: str, dtype: str, threads: int) -> None:
+    def __init__(self, python: Path, model_dir: Path, device: str, dtype: str, threads: int,
+                 pythonpath: str | None = None) -> None:
         import subprocess
+
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        if pythonpath:  # e.g. a --target folder holding transformers 4.4x (GPU image)
+            env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
 
         OUT.mkdir(parents=True, exist_ok=True)
         self._log = (OUT / "reference_worker.log").open("w")
@@ -168,7 +173,7 @@ class Reference:
              "--work-dir", str(ROOT / ".cache" / "bench"), "--device", device, "--dtype", dtype,
              "--threads", str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+            env=env,
         )
         ready = self._read()
         if not ready.get("ready"):
@@ -441,19 +446,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--retrieval-sizes", help="comma list of target sizes in tokens")
     ap.add_argument("--retrieval-count", type=int)
     ap.add_argument("--retrieval-rate", type=float, default=0.33)
-    ap.add_argument("--bench-python", type=Path, default=ROOT / ".bench-venv" / "bin" / "python")
+    ap.add_argument("--bench-python", default=str(ROOT / ".bench-venv" / "bin" / "python"),
+                    help="python that has llmlingua (default: .bench-venv)")
+    ap.add_argument("--reference-pythonpath", help="prepended to PYTHONPATH for the reference only")
+    ap.add_argument("--data-dir", type=Path, default=DATA, help="holds the GSM8K prompt and sample")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-judge", action="store_true", help="no Gemma likelihoods")
+    ap.add_argument("--budget-min", type=float, help="time budget: later samples are skipped "
+                    "(compression stops at 60%%, judging at 100%%); default 22 in full mode")
     ap.add_argument("--write-results", action=argparse.BooleanOptionalAction, default=None,
                     help="update bench/RESULTS.md (default: on in full mode)")
     args = ap.parse_args(argv)
 
     q = args.quick
     n_gsm = args.gsm8k_questions or (1 if q else 5)
-    settings = (args.gsm8k_settings or ("200,0.33" if q else "200,0.2,0.33,0.5")).split(",")
-    sizes = [int(x) for x in (args.retrieval_sizes or ("1000,2000" if q else "1000,4000,8000")).split(",")]
+    settings_arg = args.gsm8k_settings if args.gsm8k_settings is not None else (
+        "200,0.33" if q else "200,0.2,0.33,0.5")
+    settings = [x for x in settings_arg.split(",") if x.strip()]  # "" = no GSM8K cases
+    sizes_arg = args.retrieval_sizes if args.retrieval_sizes is not None else (
+        "1000,2000" if q else "1000,4000,8000")
+    sizes = [int(x) for x in sizes_arg.split(",") if x.strip()]  # "" = no retrieval cases
     n_ret = args.retrieval_count or (1 if q else 3)
     write = (not q) if args.write_results is None else args.write_results
+    if args.budget_min is None and not q:
+        args.budget_min = 22.0
 
     import torch
 
@@ -468,17 +484,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.time()
     load0 = os.getloadavg()
-    samples = gsm8k_samples(n_gsm, settings) + retrieval_samples(sizes, n_ret, args.retrieval_rate)
+    samples = gsm8k_samples(args.data_dir, n_gsm, settings) + retrieval_samples(sizes, n_ret, args.retrieval_rate)
     model_dir = ensure_default_model_dir()
     comp = Compressor(None, args.device, dtype=getattr(torch, dtype))
     ref = None
     ref_versions: dict[str, Any] = {}
     if not args.skip_reference:
-        if not args.bench_python.exists():
+        import shutil
+
+        if not shutil.which(args.bench_python):
             print(f"{args.bench_python} missing: run bench/setup_bench_env.sh (or --skip-reference)",
                   file=sys.stderr)
             return 2
-        ref = Reference(args.bench_python, model_dir, args.device, dtype, args.threads)
+        ref = Reference(Path(shutil.which(args.bench_python) or args.bench_python), model_dir,
+                        args.device, dtype, args.threads, args.reference_pythonpath)
         ref_versions = ref.call({"op": "versions"})
 
     # Warm-up (first calls pay for lazy initialisation), not counted; a short prompt suffices.
@@ -489,8 +508,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ref:
         run_reference(ref, warm, "llmlingua")
 
+    budget_s = args.budget_min * 60 if args.budget_min else None
+
+    def over(fraction: float) -> bool:
+        return budget_s is not None and time.time() - started > fraction * budget_s
+
+    # Round-robin over cases (every case's first sample, then every second...), so a run
+    # cut short by --budget-min still covers every case.
+    samples.sort(key=lambda s: s.idx)
+    skipped: list[str] = []
     outcomes: list[Outcome] = []
     for k, s in enumerate(samples):
+        if s.idx > 0 and over(0.6):
+            skipped.append(f"{s.case} #{s.idx}")
+            continue
         print(f"[{time.time() - started:6.0f}s] {s.case} #{s.idx} ({k + 1}/{len(samples)})", file=sys.stderr)
         mine = {}
         for m in s.methods:
@@ -510,10 +541,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ref.close()
     compress_done = time.time()
     by_sample = {(s.case, s.idx): s for s in samples}
+    if skipped:
+        print(f"budget: skipped {len(skipped)} samples: {', '.join(skipped)}", file=sys.stderr)
     for o in outcomes:
         measure(by_sample[(o.case, o.idx)], o, count_tokens)
 
     judge_name = "skipped"
+    unjudged: list[str] = []
     if not args.skip_judge:
         del comp  # the judge should not share memory with the compressor
         from bench._target_lm import TargetLM
@@ -521,16 +555,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         judge = TargetLM(args.device)
         judge_name = judge.name
         cache: dict[tuple[str, str], float] = {}
+        per_sample: dict[tuple[str, int], list[Outcome]] = {}
         for o in outcomes:
-            s = by_sample[(o.case, o.idx)]
-            key = (eval_prompt(s, o), s.answer)
-            if key not in cache:
-                cache[key] = judge.answer_logprob(*key)
-            o.logprob = cache[key]
+            per_sample.setdefault((o.case, o.idx), []).append(o)
+        for (case, idx), group in per_sample.items():  # whole samples: comparable means
+            if idx > 0 and over(1.0):
+                unjudged.append(f"{case} #{idx}")
+                continue
+            s = by_sample[(case, idx)]
+            for o in group:
+                key = (eval_prompt(s, o), s.answer)
+                if key not in cache:
+                    cache[key] = judge.answer_logprob(*key)
+                o.logprob = cache[key]
 
     rows = aggregate(outcomes)
     md_table = table(rows, cuda)
     check_lines = checks(rows)
+    if skipped:
+        check_lines.append(f"not run (time budget {args.budget_min} min): {', '.join(skipped)}")
+    if unjudged:
+        check_lines.append(f"not judged (time budget {args.budget_min} min): {', '.join(unjudged)}")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "compress_bench.json").write_text(json.dumps(
         [o.__dict__ for o in outcomes], indent=1, default=str, ensure_ascii=False))
