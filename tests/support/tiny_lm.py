@@ -7,13 +7,16 @@ windows, word aggregation, rate control, protection) runs for real.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from proxy.compress import Compressor
+# torch / transformers are imported inside the functions: this plugin is loaded by every
+# test session, and most of them never touch a model.
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from proxy.compress import Compressor
 
 __all__ = ["build_tiny_model", "build_tiny_tokenizer", "sample_text"]
 
@@ -30,6 +33,9 @@ _CORPUS = (
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -48,6 +54,9 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 def build_tiny_model(
     tokenizer: PreTrainedTokenizerFast, *, max_positions: int = 512, seed: int = 0
 ) -> LlamaForCausalLM:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -89,6 +98,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.fixture(scope="session")
 def tiny_compressor(tiny_tokenizer: PreTrainedTokenizerFast) -> Iterator[Compressor]:
+    from proxy.compress import Compressor
+
     model = build_tiny_model(tiny_tokenizer)
     yield Compressor.from_pretrained_objects(model, tiny_tokenizer, model_id="tiny-llama@test")
 
@@ -96,6 +107,8 @@ def tiny_compressor(tiny_tokenizer: PreTrainedTokenizerFast) -> Iterator[Compres
 @pytest.fixture(scope="session")
 def tiny_short_context_compressor(tiny_tokenizer: PreTrainedTokenizerFast) -> Compressor:
     """Context of 64 positions: every realistic prompt needs sliding windows."""
+    from proxy.compress import Compressor
+
     model = build_tiny_model(tiny_tokenizer, max_positions=64)
     return Compressor.from_pretrained_objects(model, tiny_tokenizer, model_id="tiny-llama-64@test")
 
@@ -104,6 +117,8 @@ def tiny_short_context_compressor(tiny_tokenizer: PreTrainedTokenizerFast) -> Co
 def torch_single_thread() -> Iterator[None]:
     """One intra-op thread: on a busy 2-core machine OpenMP barriers make tiny-model ops ~10x
     slower with two. Restored afterwards (the setting is process-wide)."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
