@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 KEY = "sk-bench-tenant"
+_ROUNDS = 4
 STREAM_EVENTS = 10
 REQUEST = json.dumps(
     {
@@ -186,6 +187,13 @@ async def _load(url: str, body: bytes, concurrency: int, count: int, stream: boo
         return Sample(ttfb, total, errors, time.perf_counter() - began)
 
 
+def _merge(into: Sample, more: Sample) -> None:
+    into.ttfb += more.ttfb
+    into.total += more.total
+    into.errors += more.errors
+    into.wall_s += more.wall_s
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -208,6 +216,7 @@ def main() -> int:
     counts = {1: 300, 16: 1600, 64: 3200}
     if args.quick:
         counts = {c: n // 4 for c, n in counts.items()}
+    load_before = os.getloadavg()[0]
     up_port, proxy_port = _free_port(), _free_port()
     policies = Path(tempfile.mkdtemp(prefix="lg-bench-"))
     import hashlib
@@ -245,7 +254,7 @@ def main() -> int:
         for process in (proxy, upstream):
             process.terminate()
             process.wait(timeout=10)
-    print(_table(rows, args.access_log))
+    print(_table(rows, args.access_log, load_before))
     return 0
 
 
@@ -260,10 +269,21 @@ def _measure(
         asyncio.run(_load(proxy_url, body, 8, 200, stream))  # warm-up: pools, caches
         asyncio.run(_load(direct_url, body, 8, 200, stream))
         for concurrency, count in counts.items():
-            direct = asyncio.run(_load(direct_url, body, concurrency, count, stream))
-            cpu_before = _cpu_ms(proxy_pid)
-            proxied = asyncio.run(_load(proxy_url, body, concurrency, count, stream))
-            cpu_ms = (_cpu_ms(proxy_pid) - cpu_before) / count
+            # Alternate direct and proxied rounds so that both see the same background load.
+            direct, proxied = Sample([], [], 0, 0.0), Sample([], [], 0, 0.0)
+            cpu_ms = 0.0
+            for _ in range(_ROUNDS):
+                _merge(
+                    direct,
+                    asyncio.run(_load(direct_url, body, concurrency, count // _ROUNDS, stream)),
+                )
+                cpu_before = _cpu_ms(proxy_pid)
+                _merge(
+                    proxied,
+                    asyncio.run(_load(proxy_url, body, concurrency, count // _ROUNDS, stream)),
+                )
+                cpu_ms += _cpu_ms(proxy_pid) - cpu_before
+            cpu_ms /= count
             rows.append(
                 {
                     "stream": stream,
@@ -277,10 +297,11 @@ def _measure(
     return rows
 
 
-def _table(rows: list[dict[str, object]], access_log: bool) -> str:
+def _table(rows: list[dict[str, object]], access_log: bool, load_before: float) -> str:
     lines = [
         f"Proxy overhead, {os.cpu_count()} CPUs, 1 uvicorn worker (uvloop, httptools), "
-        f"access log {'on' if access_log else 'off'}; times in ms",
+        f"access log {'on' if access_log else 'off'}; load average before the run "
+        f"{load_before:.2f}; times in ms",
         "",
         "| mode | c | n | metric | direct p50 | direct p99 | proxy p50 | proxy p99 "
         "| added p50 | added p99 | errors | proxy CPU ms/req |",
