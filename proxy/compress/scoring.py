@@ -142,19 +142,26 @@ class Scorer:
         return [r if r is not None else np.zeros(0, np.float32) for r in results]
 
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        # CPU: one sequence per forward (padding is pure waste there). GPU: few padded
-        # batches, similar lengths together, bounded by a token budget.
+        """Group sequences of similar length into padded batches (sorted, stable).
+
+        On CPU padding is wasted work, so a batch may carry at most 15% of it (prefix-
+        truncated demonstrations are nearly equal in length and batch well); on GPU one
+        big batch beats many small ones, so only a token budget applies.
+        """
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-        if self.device.type == "cpu":
-            return [[i] for i in order]
-        budget = 32768
+        gpu = self.device.type != "cpu"
+        budget, waste = (32768, 1.0) if gpu else (4096, 0.15)
         batches: list[list[int]] = []
         current: list[int] = []
+        real = 0
         for i in order:
-            if current and (len(current) + 1) * (lengths[i] + 1) > budget:
+            width = lengths[i] + 1  # sorted: the newcomer is the longest
+            padded = (len(current) + 1) * width
+            if current and (padded > budget or padded - (real + width) > waste * padded):
                 batches.append(current)
-                current = []
+                current, real = [], 0
             current.append(i)
+            real += width
         if current:
             batches.append(current)
         return batches
