@@ -51,12 +51,15 @@ def ensure_gemma_dir() -> Path:
         folder, name = str(gguf.parent), gguf.name
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+        read = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)  # type: ignore[no-untyped-call]
+        tensors = read["tensors"]
         result = model.load_state_dict(tensors, strict=False)
         missing = [k for k in result.missing_keys if k != "lm_head.weight"]
         if missing or result.unexpected_keys:
-            raise RuntimeError(f"GGUF conversion: missing={missing} unexpected={result.unexpected_keys}")
+            raise RuntimeError(
+                f"GGUF conversion: missing={missing} unexpected={result.unexpected_keys}"
+            )
         model.tie_weights()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -76,7 +79,9 @@ class TargetLM:
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        self.model.to(self.device).eval().requires_grad_(False)
+        self.model.to(self.device)  # type: ignore[arg-type]
+        self.model.eval()  # type: ignore[no-untyped-call]
+        self.model.requires_grad_(False)
 
     def answer_logprob(self, prompt: str, answer: str) -> float:
         """Mean log p(answer token | prompt, earlier answer tokens), nats per token."""

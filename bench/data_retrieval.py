@@ -83,21 +83,26 @@ def _facts(rng: random.Random, name: str, codes: set[int]) -> list[str]:
     city = rng.choice(_CITIES)
     person = rng.choice(_PEOPLE)
     side = rng.choice(("east", "west", "north", "south"))
-    intro = f"The {name} stands on the {side} side of {city} and opened in {rng.randrange(1890, 2020)}."
+    intro = (
+        f"The {name} stands on the {side} side of {city} and opened in {rng.randrange(1890, 2020)}."
+    )
     pool = [
         f"It is run by {person}, who oversees a staff of {rng.randrange(3, 90)} people.",
         f"Visitors are received between {rng.randrange(7, 11)} am and {rng.randrange(3, 8)} pm "
         f"on weekdays.",
         f"Its storage hall holds about {rng.randrange(2, 60) * 100} crates and "
         f"{rng.randrange(2, 40)} vehicles.",
-        f"The building was renovated in {rng.randrange(1950, 2024)} after a storm damaged the roof.",
+        f"The building was renovated in {rng.randrange(1950, 2024)} "
+        "after a storm damaged the roof.",
         f"Deliveries arrive by rail from {rng.choice(_CITIES)} every {rng.choice(_DAYS)}.",
         f"The internal phone extension of the front desk is {rng.randrange(100, 999)}.",
     ]
     rng.shuffle(pool)
     facts = pool[: rng.randrange(1, 4)]
     if rng.random() < 0.5:
-        facts.insert(rng.randrange(len(facts) + 1), _code_sentence(rng, name, _fresh_code(rng, codes)))
+        facts.insert(
+            rng.randrange(len(facts) + 1), _code_sentence(rng, name, _fresh_code(rng, codes))
+        )
     return [intro, *facts]
 
 
@@ -125,11 +130,15 @@ def make_retrieval_case(seed: int, target_tokens: int, needle_fraction: float) -
     codes.add(answer)
     needle_facts = [f for f in _facts(rng, needle_name, codes) if "access code" not in f]
     # Never first: the intro sentence names the facility, the code comes later in the record.
-    needle_facts.insert(rng.randrange(1, len(needle_facts) + 1), _code_sentence(rng, needle_name, answer))
+    needle_facts.insert(
+        rng.randrange(1, len(needle_facts) + 1), _code_sentence(rng, needle_name, answer)
+    )
     needle = " ".join(needle_facts)
 
     question = f"Question: What is the access code for the {needle_name}?"
-    budget = target_tokens - count_tokens(INSTRUCTION) - count_tokens(question) - count_tokens(needle)
+    budget = (
+        target_tokens - count_tokens(INSTRUCTION) - count_tokens(question) - count_tokens(needle)
+    )
     distractors: list[str] = []
     spent = 0
     while spent < budget:
@@ -155,6 +164,4 @@ def make_retrieval_case(seed: int, target_tokens: int, needle_fraction: float) -
 
 def make_retrieval_cases(target_tokens: int, count: int, seed: int = 0) -> list[RetrievalCase]:
     """``count`` prompts with the needle spread evenly: at 1/6, 1/2, 5/6 of the prompt for 3."""
-    return [
-        make_retrieval_case(seed + i, target_tokens, (i + 0.5) / count) for i in range(count)
-    ]
+    return [make_retrieval_case(seed + i, target_tokens, (i + 0.5) / count) for i in range(count)]
