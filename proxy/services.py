@@ -16,12 +16,17 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from proxy.accounting import Accountant
+from proxy.cache import CompressionCache, MemoryCache, RedisCache, RedisSettings, connect_redis
+from proxy.compressor_service import CompressorService
+from proxy.metrics import Metrics
 from proxy.pipeline import ChatTransform, identity_transform
 from proxy.policy import PolicyStore
 from proxy.settings import Settings
 from proxy.upstream import UpstreamClient
 
 if TYPE_CHECKING:
+    from proxy.compressor_service import CompressionEngine
     from proxy.ledger import Ledger
 
 __all__ = ["ComponentStatus", "Probe", "Services", "open_services"]
@@ -60,6 +65,33 @@ class Services:
     ledger: Ledger | None = None
     # `/readyz` components beside policies and upstream: "redis" (when configured), "model", ...
     probes: Mapping[str, Probe] = field(default_factory=lambda: MappingProxyType({}))
+    # The compression stack (None when a test plugs in its own transform without them).
+    compressor: CompressorService | None = None
+    cache: CompressionCache | None = None
+    metrics: Metrics | None = None
+    accountant: Accountant | None = None
+
+
+def needs_compressor(policies: PolicyStore) -> bool:
+    """Whether any tenant (or per-model override) compresses: only then load the small LM."""
+    for tenant in policies.current.tenants:
+        modes = [tenant.compression.mode, *(p.mode for _, p in tenant.model_policies)]
+        if any(mode != "off" for mode in modes):
+            return True
+    return False
+
+
+def _load_engine(settings: Settings) -> CompressionEngine:
+    import torch
+
+    from proxy.compress import Compressor
+
+    engine = Compressor(settings.compressor_model, settings.device)
+    if engine.device.type == "cpu" and settings.torch_threads > 0:
+        # Process-wide. One intra-op thread per compression worker leaves a core for the
+        # event loop and avoids OpenMP contention, which on small CPUs costs more than it gives.
+        torch.set_num_threads(settings.torch_threads)
+    return engine
 
 
 @asynccontextmanager
@@ -70,6 +102,8 @@ async def open_services(
     chat_transform: ChatTransform | None = None,
     probes: Mapping[str, Probe] | None = None,
     ledger: Ledger | None = None,
+    compressor: CompressorService | None = None,
+    cache: CompressionCache | None = None,
 ) -> AsyncIterator[Services]:
     """Build the services for `settings`, and close them on exit.
 
@@ -84,14 +118,67 @@ async def open_services(
         all_probes = dict(probes or {})
         if settings.redis_url and "redis" not in all_probes:
             all_probes["redis"] = await stack.enter_async_context(_redis_probe(settings.redis_url))
+        metrics = Metrics()
+        redis_settings = RedisSettings(ttl_s=settings.cache_ttl_s)
+        client = connect_redis(settings.redis_url, redis_settings) if settings.redis_url else None
+        if client is not None:
+            stack.push_async_callback(client.aclose)
+        if cache is None:
+            cache = (RedisCache(client, redis_settings, owns_client=False) if client is not None
+                     else MemoryCache(ttl_s=settings.cache_ttl_s))
+            stack.push_async_callback(cache.close)
+        if ledger is None:
+            from proxy.ledger import MemoryLedger, RedisLedger
+
+            ledger = (RedisLedger(client, redis_settings, owns_client=False)
+                      if client is not None else MemoryLedger())
+            stack.push_async_callback(ledger.close)
+        accountant = Accountant(ledger, metrics)
+        for component, backend in (("cache", cache), ("ledger", ledger)):
+            status = getattr(backend, "status", None)  # test doubles may not report one
+            if status is not None:
+                metrics.add_backend(component, status)
+        if compressor is None:
+            compressor = CompressorService(
+                lambda: _load_engine(settings),
+                max_workers=settings.compress_workers,
+                max_pending=settings.compress_queue,
+                description=settings.compressor_model or "SmolLM2-135M-Instruct (packaged)",
+            )
+        stack.callback(compressor.close)
+        if needs_compressor(policies):
+            compressor.start()
+        all_probes.setdefault("model", _model_probe(compressor, policies))
+        if chat_transform is None:
+            from proxy.compression_step import CompressionStep
+
+            chat_transform = CompressionStep(compressor, cache)
         yield Services(
             settings=settings,
             upstream=upstream,
             policies=policies,
-            chat_transform=chat_transform or identity_transform,
-            ledger=ledger,
+            chat_transform=chat_transform,
+            ledger=accountant,
             probes=MappingProxyType(all_probes),
+            compressor=compressor,
+            cache=cache,
+            metrics=metrics,
+            accountant=accountant,
         )
+
+
+def _model_probe(compressor: CompressorService, policies: PolicyStore) -> Probe:
+    """The small LM is required for readiness only while some policy compresses."""
+
+    async def probe() -> ComponentStatus:
+        state, detail = compressor.status
+        required = needs_compressor(policies)
+        if required and state == "idle":
+            compressor.start()  # a policy reload turned compression on
+            state, detail = compressor.status
+        return ComponentStatus(state, required=required, detail=detail)
+
+    return probe
 
 
 @asynccontextmanager

@@ -19,6 +19,12 @@ to each worker process (every worker builds its own app from its environment).
 | read_timeout_s     | --read-timeout     | LINGUAGATE_READ_TIMEOUT       | 600              |
 | max_connections    | --max-connections  | LINGUAGATE_MAX_CONNECTIONS    | 512              |
 | upstream_transport | --upstream-transport | LINGUAGATE_UPSTREAM_TRANSPORT | wire (or aiohttp) |
+| compressor_model   | --compressor-model | LINGUAGATE_COMPRESSOR_MODEL   | packaged SmolLM2 |
+| device             | --device           | LINGUAGATE_DEVICE             | auto (cuda, cpu) |
+| compress_workers   | --compress-workers | LINGUAGATE_COMPRESS_WORKERS   | 1                |
+| compress_queue     | --compress-queue   | LINGUAGATE_COMPRESS_QUEUE     | 32               |
+| torch_threads      | --torch-threads    | LINGUAGATE_TORCH_THREADS      | 1 (0: torch's)   |
+| cache_ttl_s        | --cache-ttl        | LINGUAGATE_CACHE_TTL          | 604800 (7 days)  |
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ class Settings:
     read_timeout_s: float = 600.0
     max_connections: int = 512
     upstream_transport: str = "wire"
+    compressor_model: str | None = None
+    device: str | None = None
+    compress_workers: int = 1
+    compress_queue: int = 32
+    torch_threads: int = 1
+    cache_ttl_s: int = 7 * 24 * 3600
 
     def __post_init__(self) -> None:
         if not self.upstream_url.startswith(("http://", "https://")):
@@ -85,6 +97,10 @@ class Settings:
             raise SettingsError("timeouts must be > 0")
         if self.upstream_transport not in _TRANSPORTS:
             raise SettingsError(f"upstream transport must be one of {', '.join(_TRANSPORTS)}")
+        if self.compress_workers < 1 or self.compress_queue < 1 or self.torch_threads < 0:
+            raise SettingsError("compress workers/queue must be >= 1, torch threads >= 0")
+        if self.cache_ttl_s < 1:
+            raise SettingsError(f"cache TTL must be >= 1 s: {self.cache_ttl_s}")
         if self.max_connections < 1:
             raise SettingsError(f"max connections must be >= 1: {self.max_connections}")
 
@@ -120,6 +136,7 @@ def _env_name(field_name: str) -> str:
         "policies_dir": "POLICIES",
         "connect_timeout_s": "CONNECT_TIMEOUT",
         "read_timeout_s": "READ_TIMEOUT",
+        "cache_ttl_s": "CACHE_TTL",
     }
     return _PREFIX + special.get(field_name, field_name.upper())
 

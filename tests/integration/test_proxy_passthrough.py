@@ -91,4 +91,5 @@ def test_health_and_readiness(proxy: ProxyServer) -> None:
     assert report["policies"]["status"] == "ok"
     assert report["upstream"]["status"] == "ok"
     assert report["redis"] == {"status": "not_configured"}
-    assert report["model"] == {"status": "not_configured"}
+    # no policy compresses: the small LM is not loaded, and not needed for readiness
+    assert report["model"]["status"] == "idle"
