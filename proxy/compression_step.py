@@ -37,7 +37,7 @@ __all__ = ["CompressionStep", "UnitResult"]
 
 _log = logging.getLogger("linguagate.compression")
 # Enough of a component to tell prose from code or base64 without a second full pass.
-_OOD_SAMPLE_CHARS = 4000
+_OOD_SAMPLE_CHARS = 2000
 
 
 @dataclass(frozen=True)

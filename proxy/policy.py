@@ -67,7 +67,8 @@ class CompressionPolicy:
     models: tuple[str, ...] = ("*",)
     max_compression_ms: int = 30000
     protect: ProtectPolicy = ProtectPolicy()
-    ood_max_nll: float | None = None
+    # Calibrated on SmolLM2-135M (README, "Perplexity guard"): prose 1.6-2.7, base64 5.4.
+    ood_max_nll: float | None = 4.0
     compress_json_tool_results: bool = False
     allow_request_override: bool = False
     override_min_rate: float = 0.1
