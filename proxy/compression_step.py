@@ -26,7 +26,14 @@ from proxy.cache import CompressionCache
 from proxy.compressor_service import CompressionEngine, CompressorService
 from proxy.executor import DeadlineExceeded, QueueFull
 from proxy.ledger import UsageRecord
-from proxy.messages import ChatComponents, Item, replacements_for, split_chat, text_token_count
+from proxy.messages import (
+    ChatComponents,
+    Item,
+    replacements_for,
+    split_chat,
+    split_completion,
+    text_token_count,
+)
 from proxy.overrides import Override, read_override
 from proxy.pipeline import PipelineOutcome
 from proxy.plan import Plan, Unit, plan_units
@@ -104,7 +111,10 @@ class CompressionStep:
         model = body.get("model") if isinstance(body.get("model"), str) else None
         policy = tenant.policy_for(model)
         override = read_override(policy, request_headers)  # may raise InvalidParameter
-        components = split_chat(body, compress_json_tool_results=policy.compress_json_tool_results)
+        components = (
+            split_chat(body, compress_json_tool_results=policy.compress_json_tool_results)
+            if "messages" in body else split_completion(body)  # legacy /v1/completions
+        )
         original = text_token_count(components)
         decision = await self._decide(raw, components, tenant, policy, override, original)
         return _outcome(raw, tenant, model, original, decision, override)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +35,7 @@ __all__ = [
     "chat_completions",
     "identity_transform",
     "parse_chat_body",
+    "parse_completion_body",
 ]
 
 _log = logging.getLogger("linguagate.pipeline")
@@ -113,6 +115,24 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def parse_completion_body(raw: bytes) -> dict[str, Any]:
+    """Parse a legacy `/v1/completions` request: a JSON object with a string `model`.
+
+    Only a plain string `prompt` is ever compressed; everything else is the upstream's to judge.
+    """
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedJSON(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedJSON("The request body must be a JSON object.")
+    if not isinstance(body.get("model"), str):
+        raise InvalidParameter("'model' must be a string.", param="model", code="invalid_type")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise InvalidParameter("'stream' must be a boolean.", param="stream", code="invalid_type")
+    return body
+
+
 async def _compression_step(
     transform: ChatTransform,
     raw: bytes,
@@ -131,17 +151,25 @@ async def _compression_step(
             type(exc).__name__,
             request_id,
         )
-        return PipelineOutcome(raw, {"x-linguagate-compression": "error"})
+        return PipelineOutcome(raw, {"x-linguagate-compression": "skipped: compressor_error"})
 
 
-async def chat_completions(request: Request, services: Services) -> Response | UpstreamRelay:
-    """Handle one chat completion request; every failure becomes an OpenAI-shaped error."""
+async def chat_completions(
+    request: Request,
+    services: Services,
+    parse: Callable[[bytes], dict[str, Any]] = parse_chat_body,
+) -> Response | UpstreamRelay:
+    """Handle one (chat) completion request; every failure becomes an OpenAI-shaped error.
+
+    `parse` is `parse_completion_body` for the legacy `/v1/completions` route, which goes
+    through the same compression step.
+    """
     started = started_at(request)
     request_id = request_id_for(request)
     try:
         tenant = authenticate(request, services.policies.current)
         raw = await read_body(request, services.settings.max_body_bytes)
-        body = parse_chat_body(raw)
+        body = parse(raw)
         outcome = await _compression_step(
             services.chat_transform, raw, body, tenant, request.headers, request_id
         )

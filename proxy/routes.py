@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.errors import NotFound, ProxyError, error_response
 from proxy.intake import authenticate, forward_request, read_body, request_id_for, started_at
-from proxy.pipeline import chat_completions
+from proxy.pipeline import chat_completions, parse_completion_body
 from proxy.services import ComponentStatus, Services
 from proxy.streaming import UpstreamRelay
 
@@ -36,6 +36,10 @@ def _services(request: Request) -> Services:
 
 async def _chat(request: Request) -> Response | UpstreamRelay:
     return await chat_completions(request, _services(request))
+
+
+async def _completions(request: Request) -> Response | UpstreamRelay:
+    return await chat_completions(request, _services(request), parse_completion_body)
 
 
 async def _passthrough(request: Request) -> Response | UpstreamRelay:
@@ -120,6 +124,8 @@ async def dispatch_v1(scope: Scope, receive: Receive, send: Send) -> None:
     try:
         if scope["method"] == "POST" and scope["path"] == "/v1/chat/completions":
             response = await chat_completions(request, services)
+        elif scope["method"] == "POST" and scope["path"] == "/v1/completions":
+            response = await chat_completions(request, services, parse_completion_body)
         elif scope["path"] == _USAGE_PATH and scope["method"] in ("GET", "HEAD"):
             response = await _usage(request)
         else:
@@ -136,6 +142,7 @@ def routes() -> list[BaseRoute]:
     # plain Starlette(routes=routes()) complete.
     return [
         Route("/v1/chat/completions", _chat, methods=["POST"]),
+        Route("/v1/completions", _completions, methods=["POST"]),
         Route(_USAGE_PATH, _usage, methods=["GET", "HEAD"]),
         Route("/v1/{path:path}", _passthrough, methods=list(_ALL_METHODS)),
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),

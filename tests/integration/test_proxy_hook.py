@@ -100,7 +100,7 @@ def test_transform_failure_fails_open(hooked_proxy: ProxyServer, upstream: FakeU
         headers={**AUTH, "x-test-explode": "1"},
     )
     assert response.status_code == 200
-    assert response.headers["x-linguagate-compression"] == "error"
+    assert response.headers["x-linguagate-compression"] == "skipped: compressor_error"
     assert upstream.last().body == BODY
 
 
