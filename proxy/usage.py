@@ -9,12 +9,14 @@ bound) and parsed once at the end.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 __all__ = ["UsageObserver"]
 
 _MAX_JSON_BODY = 4 * 1024 * 1024
 _USAGE_MARK = b'"usage":'
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
 
 
 class UsageObserver:
@@ -42,7 +44,7 @@ class UsageObserver:
 
     def finish(self) -> None:
         if self._body and self._size <= _MAX_JSON_BODY:
-            self._take(_loads(b"".join(self._body)))
+            self._take({"usage": _usage_object(b"".join(self._body))})
         self._body.clear()
 
     def _take(self, payload: Any) -> None:
@@ -54,6 +56,19 @@ class UsageObserver:
             self.prompt_tokens = prompt
         if isinstance(completion, int):
             self.completion_tokens = completion
+
+
+def _usage_object(body: bytes) -> Any:
+    """The value of the last top-level-looking `"usage":` key, parsed alone (a completion's
+    choices can be long; only this small object is needed)."""
+    matches = list(_USAGE_KEY.finditer(body))
+    if not matches:
+        return None
+    try:
+        text = body[matches[-1].end() :].decode()
+        return json.JSONDecoder().raw_decode(text)[0]
+    except ValueError:  # UnicodeDecodeError included
+        return None
 
 
 def _loads(raw: bytes) -> Any:

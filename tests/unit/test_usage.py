@@ -31,3 +31,15 @@ def test_garbage_is_ignored() -> None:
     observer.on_events(b'data: {"usage": oops}\n\n')
     observer.finish()
     assert observer.prompt_tokens is None and observer.completion_tokens is None
+
+
+def test_only_the_usage_object_is_read() -> None:
+    observer = UsageObserver()
+    observer.on_body(
+        b'{"choices": [{"message": {"content": "say \\"usage\\": {\\"prompt_tokens\\": 99}"}}],'
+    )
+    observer.on_body(
+        b' "usage" :  {"prompt_tokens": 5, "completion_tokens": 6}, "system_fingerprint": "fp"}'
+    )
+    observer.finish()
+    assert (observer.prompt_tokens, observer.completion_tokens) == (5, 6)
