@@ -67,9 +67,10 @@ def _grid(rate: float) -> float:
 
 
 def _protect(policy: CompressionPolicy, components: ChatComponents) -> ProtectRules:
-    rules = dataclasses.asdict(policy.protect)
-    rules["regexes"] = tuple(rules["regexes"]) + components.protect_regexes
-    return ProtectRules(**rules)
+    extra = components.protect_regexes
+    if not extra:
+        return policy.protect
+    return dataclasses.replace(policy.protect, regexes=policy.protect.regexes + extra)
 
 
 def plan_units(

@@ -24,6 +24,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
+from proxy.compress.protect import ProtectRules
+
 __all__ = [
     "CompressionPolicy",
     "PolicyError",
@@ -39,17 +41,9 @@ Mode = Literal["enforce", "shadow", "off"]
 _LOG = logging.getLogger("linguagate.policy")
 
 
-@dataclass(frozen=True)
-class ProtectPolicy:
-    """Which spans the compressor must keep verbatim (same fields as ``ProtectRules``)."""
-
-    number: bool = False
-    code: bool = True
-    json: bool = True
-    url: bool = True
-    quoted: bool = False
-    regexes: tuple[str, ...] = ()
-    keep_tags: bool = True  # <keep>...</keep> regions
+# The policy's [compression.protect] table is exactly the compressor's rule set: one type,
+# so a knob added to the compressor cannot silently be missing from policies.
+ProtectPolicy = ProtectRules
 
 
 @dataclass(frozen=True)
