@@ -610,7 +610,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
         "--budget-min",
         type=float,
         help="time budget: later samples are skipped "
-        "(compression stops at 70%%, judging at 100%%); default 25 in full mode",
+        "(compression stops at 70%%, judging at 100%%); default 24 in full mode",
     )
     ap.add_argument(
         "--write-results",
@@ -621,7 +621,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     args = ap.parse_args(argv)
     q = args.quick
     if args.budget_min is None and not q:
-        args.budget_min = 25.0
+        args.budget_min = 24.0
     settings = args.gsm8k_settings
     settings = settings if settings is not None else ("200,0.33" if q else "200,0.2,0.33,0.5")
     sizes = args.retrieval_sizes
@@ -671,7 +671,7 @@ def compress_all(
     failed: list[str] = []
     outcomes: list[Outcome] = []
     for k, s in enumerate(samples):
-        if s.idx > 0 and clock.over(0.7):
+        if clock.over(0.7):
             skipped.append(f"{s.case} #{s.idx}")
             continue
         print(
@@ -693,7 +693,14 @@ def compress_all(
         full = "\n\n".join(s.documents)
         outcomes.append(Outcome(s.case, s.idx, "full", s.instruction, full, s.question))
         outcomes.append(Outcome(s.case, s.idx, "no-context", s.instruction, "", s.question))
+        _dump(outcomes)  # raw results so far, in case the run is stopped
     return outcomes, skipped + failed
+
+
+def _dump(outcomes: Sequence[Outcome]) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    dump = json.dumps([o.__dict__ for o in outcomes], indent=1, default=str, ensure_ascii=False)
+    (OUT / "compress_bench.json").write_text(dump)
 
 
 def judge_all(
@@ -708,7 +715,7 @@ def judge_all(
         per_sample.setdefault((o.case, o.idx), []).append(o)
     unjudged = []
     for (case, idx), group in per_sample.items():  # whole samples: comparable means
-        if idx > 0 and clock.over(1.0):
+        if clock.over(1.0):
             unjudged.append(f"{case} #{idx}")
             continue
         s = by_sample[(case, idx)]
@@ -774,9 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if unjudged:
         check_lines.append(f"not judged (time budget {args.budget_min} min): {', '.join(unjudged)}")
-    OUT.mkdir(parents=True, exist_ok=True)
-    dump = json.dumps([o.__dict__ for o in outcomes], indent=1, default=str, ensure_ascii=False)
-    (OUT / "compress_bench.json").write_text(dump)
+    _dump(outcomes)
     print(md_table + "\n")
     print("\n".join(f"- {c}" for c in check_lines))
     if plan.write:

@@ -51,7 +51,7 @@ run)
   export PYTHONPATH=/tmp/lg-site PYTHONUNBUFFERED=1 LINGUAGATE_CACHE_DIR=/tmp/lg-cache
   python3 -m bench.compress_bench --device cuda --skip-judge --no-write-results \
     --data-dir "$STASH/data" --bench-python python3 --reference-pythonpath /tmp/lg-ref \
-    --threads 16 "${@:2}" 2>&1 | tee "${OUT:-/tmp}/compress_bench_gpu.log"
+    --threads 16 --budget-min 7 "${@:2}" 2>&1 | tee "${OUT:-/tmp}/compress_bench_gpu.log"
   cp bench/out/compress_bench.json "${OUT:-/tmp}/" 2>/dev/null || true
   ;;
 *)
