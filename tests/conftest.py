@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "tests.support.upstream",
     "tests.support.proxy",
     "tests.support.tiny_lm",
+    "tests.support.compression",
 ]
