@@ -29,6 +29,7 @@ from proxy.ledger import UsageRecord
 from proxy.messages import (
     ChatComponents,
     Item,
+    body_text_tokens,
     replacements_for,
     split_chat,
     split_completion,
@@ -111,6 +112,10 @@ class CompressionStep:
         model = body.get("model") if isinstance(body.get("model"), str) else None
         policy = tenant.policy_for(model)
         override = read_override(policy, request_headers)  # may raise InvalidParameter
+        if policy.mode == "off":
+            # The common case for most traffic: count (the ledger needs it), nothing more.
+            original = body_text_tokens(body, model)
+            return _outcome(raw, tenant, model, original, _Decision("off"), override)
         components = (
             split_chat(body, compress_json_tool_results=policy.compress_json_tool_results)
             if "messages" in body else split_completion(body)  # legacy /v1/completions

@@ -55,6 +55,7 @@ __all__ = [
     "CompressorInputs",
     "Item",
     "Path",
+    "body_text_tokens",
     "compressor_inputs",
     "replacements_for",
     "split_chat",
@@ -318,6 +319,24 @@ def replacements_for(components: ChatComponents, compressed: Mapping[Item, str])
         if text != original:
             out[path] = text
     return out
+
+
+def body_text_tokens(body: Mapping[str, Any], model: str | None = None) -> int:
+    """``text_token_count(split_chat(body))`` (or of ``split_completion``) without the split.
+
+    The hot path for requests that will not be compressed (mode off): the same texts,
+    counted without building items or looking for documents.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        prompt = body.get("prompt")
+        return count_tokens(prompt, model) if isinstance(prompt, str) else 0
+    total = 0
+    for index, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") in _INSTRUCTION_ROLES | _CONTEXT_ROLES:
+            for _, text in _text_slots(message.get("content"), ("messages", index, "content")):
+                total += count_tokens(text, model)
+    return total
 
 
 def text_token_count(

@@ -302,3 +302,22 @@ def test_replacements_apply_with_rewrite_byte_faithfully() -> None:
     assert doc_b.text == "Doc B é."
     out = rewrite.replace_strings(raw, replacements_for(comps, {doc_b: "B é"}))
     assert out == raw.replace(b"Doc B \\u00e9.", "B é".encode())
+
+
+def test_body_text_tokens_matches_the_split_count() -> None:
+    from proxy.messages import body_text_tokens
+
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Doc one.\n---\nDoc two."},
+                                         {"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "assistant", "content": None, "tool_calls": []},
+            {"role": "tool", "tool_call_id": "t", "content": '{"a": 1}'},
+            {"role": "user", "content": "What now?\n\nAnswer please."},
+        ],
+    }
+    assert body_text_tokens(body, "gpt-4o") == text_token_count(split_chat(body), "gpt-4o")
+    prompt = {"model": "x", "prompt": "Once upon a time.\n\nThe end?"}
+    assert body_text_tokens(prompt) == text_token_count(split_completion(prompt))
