@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from proxy.messages import split_chat, text_token_count
+from proxy.tokens import count_tokens
 from tests.support.compression import (
     EXPLODE,
     SLOWDOWN,
@@ -26,7 +27,7 @@ from tests.support.compression import (
     original_tokens,
 )
 from tests.support.tiny_lm import sample_text
-from tests.support.upstream import FakeUpstream, chat_chunk, sse_reply
+from tests.support.upstream import FakeUpstream, chat_chunk, json_reply, sse_reply
 
 pytestmark = pytest.mark.integration
 
@@ -364,3 +365,42 @@ def test_streaming_compressed_request_relays_bytes(stack: CompressionStack) -> N
     assert int(response.headers["x-linguagate-forwarded-tokens"]) == text_token_count(
         split_chat(received)
     )
+
+
+def test_legacy_completions_prompt_is_compressed(stack: CompressionStack) -> None:
+    # messages.split_completion maps a string prompt like a final user turn (documents, then
+    # its last paragraph as the question); the step must use it for /v1/completions.
+    prompt = "\n\n".join(sample_text(90, 60 + i) for i in range(4)) + "\n\nWhat is the answer?"
+    completion = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [{"text": "42", "index": 0, "logprobs": None, "finish_reason": "stop"}],
+    }
+    stack.upstream.enqueue("/v1/completions", json_reply(completion))
+    with stack.client("team-a") as sdk:
+        raw = sdk.completions.with_raw_response.create(model=MODEL, prompt=prompt, max_tokens=5)
+    received = stack.upstream.last("/v1/completions").json()
+    assert int(raw.headers["x-linguagate-original-tokens"]) == count_tokens(prompt, MODEL)
+    assert raw.headers["x-linguagate-compression"] == "applied"
+    assert count_tokens(received["prompt"], MODEL) < count_tokens(prompt, MODEL)
+    assert received["prompt"].endswith("What is the answer?")
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("where", ["instruction", "demonstration"])
+def test_json_object_requests_keep_the_word_json(
+    stack: CompressionStack, seed: int, where: str
+) -> None:
+    # The API rejects json_object requests whose messages lack "json" in any case.
+    if where == "instruction":
+        system = sample_text(60, seed) + " Reply in json. " + sample_text(60, seed + 50)
+        messages, tenant = few_shot(seed + 200, system=system), "instr"
+    else:
+        messages, tenant = few_shot(seed + 300), "team-a"
+        messages[1]["content"] = "Always answer in JSON. " + messages[1]["content"]
+    headers, received = chat(stack, tenant, messages, response_format={"type": "json_object"})
+    assert headers["x-linguagate-compression"] == "applied"
+    texts = " ".join(m["content"] for m in json.loads(received)["messages"])
+    assert "json" in texts.lower()

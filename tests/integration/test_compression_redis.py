@@ -150,3 +150,24 @@ def test_black_hole_redis(
             assert headers["x-linguagate-compression"] == "applied"
             assert headers["x-linguagate-cache"] == "miss"
         assert json.loads(upstream.last().body)["messages"][-1] == few_shot(24)[-1]
+
+
+def test_ledger_survives_a_proxy_restart(
+    start_compression_proxy: StartProxy, redis_server: RedisServer, upstream: FakeUpstream
+) -> None:
+    saved = 0
+    for _run in range(2):  # two proxy processes' lifetimes, one Redis
+        with start_compression_proxy(redis_url=redis_server.url) as stack:
+            headers = chat(stack, "ledger", few_shot(25))
+            saved += int(headers["x-linguagate-original-tokens"])
+            saved -= int(headers["x-linguagate-forwarded-tokens"])
+    with start_compression_proxy(redis_url=redis_server.url) as stack:
+        response = httpx.get(
+            stack.server.base_url + "/linguagate/usage",
+            headers={"authorization": f"Bearer {key_of('ledger')}"},
+        )
+    payload = response.json()
+    assert payload["scope"] == "shared"
+    [row] = payload["data"]
+    assert (row["requests"], row["saved_tokens"]) == (2, saved)
+    assert (row["cache_misses"], row["cache_hits"]) == (1, 1)  # the cache survived too
