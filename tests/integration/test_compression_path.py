@@ -8,6 +8,7 @@ records the exact bytes it received. In-memory cache and ledger (Redis: see
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -404,3 +405,24 @@ def test_json_object_requests_keep_the_word_json(
     assert headers["x-linguagate-compression"] == "applied"
     texts = " ".join(m["content"] for m in json.loads(received)["messages"])
     assert "json" in texts.lower()
+
+
+@pytest.mark.parametrize(
+    ("model", "outcome"),
+    [("gpt-4o", "shadow"), ("gpt-4.1-mini", "off"), ("gpt-4o-mini", "applied")],
+)
+def test_per_model_policies(stack: CompressionStack, model: str, outcome: str) -> None:
+    headers, _ = chat(stack, "per-model", few_shot(19), model=model)
+    assert headers["x-linguagate-compression"] == outcome
+
+
+def test_no_prompt_text_in_logs(stack: CompressionStack, caplog: pytest.LogCaptureFixture) -> None:
+    secret = "Quetzalcoatlus"
+    caplog.set_level(logging.DEBUG)
+    for tenant, marker in (("team-a", ""), ("team-a", EXPLODE), ("shadow", "")):
+        messages = few_shot(26)
+        messages[1]["content"] = f"{secret} {marker} " + messages[1]["content"]
+        chat(stack, tenant, messages)
+    assert any(r.name.startswith("linguagate") for r in caplog.records)  # logs were captured
+    for record in caplog.records:
+        assert secret not in record.getMessage()

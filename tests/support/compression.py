@@ -83,6 +83,14 @@ TENANTS: dict[str, tuple[dict[str, Any], dict[str, Any] | None, bool]] = {
     "guarded": ({**_BASE, "ood_max_nll": 0.5}, None, False),
     "ops": ({"mode": "off"}, None, True),
 }
+# Tenant "per-model": the first matching glob wins.
+_PER_MODEL = """
+[models."gpt-4o".compression]
+mode = "shadow"
+
+[models."gpt-4.1*".compression]
+mode = "off"
+"""
 
 
 def key_of(tenant: str) -> str:
@@ -101,8 +109,10 @@ def write_policy(
     override: Mapping[str, Any] | None = None,
     *,
     admin: bool = False,
+    extra: str = "",
 ) -> Path:
-    """A policy file for tenant ``name`` with these ``[compression]`` knobs."""
+    """A policy file for tenant ``name`` with these ``[compression]`` knobs (``extra``: more
+    TOML appended, e.g. per-model tables)."""
     digests = ", ".join(f'"{hashlib.sha256(k.encode()).hexdigest()}"' for k in keys)
     lines = [
         "[tenant]",
@@ -116,7 +126,7 @@ def write_policy(
     if override is not None:
         lines += ["", "[compression.override]", *(f"{k} = {_toml(v)}" for k, v in override.items())]
     path = directory / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
 
@@ -192,6 +202,7 @@ def open_compression_stack(
 
     for name, (compression, override, admin) in TENANTS.items():
         write_policy(policies, name, [key_of(name)], compression, override, admin=admin)
+    write_policy(policies, "per-model", [key_of("per-model")], _BASE, extra=_PER_MODEL)
     settings = Settings(
         upstream_url=upstream.base_url,
         upstream_api_key="sk-org",
