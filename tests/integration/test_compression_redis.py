@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -139,6 +140,16 @@ def test_redis_killed_mid_test(
         )
         assert usage.status_code == 503
         assert usage.json()["error"]["code"] == "ledger_unavailable"
+
+        # Back up (same port, empty): after the breaker's back-off the cache works again.
+        redis_server.start()
+        deadline = time.monotonic() + 15
+        while True:
+            headers = chat(stack, "team-a", few_shot(23))
+            if headers["x-linguagate-cache"] == "hit" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert headers["x-linguagate-cache"] == "hit"
 
 
 def test_black_hole_redis(
