@@ -23,7 +23,7 @@ from typing import Any
 from starlette.datastructures import Headers
 
 from proxy.cache import CompressionCache
-from proxy.compressor_service import CompressionEngine, CompressorService
+from proxy.compressor_service import CompressionEngine, CompressorService, default_deadline_ms
 from proxy.executor import DeadlineExceeded, QueueFull
 from proxy.ledger import UsageRecord
 from proxy.messages import (
@@ -88,6 +88,11 @@ def _compress_unit(engine: CompressionEngine, unit: Unit, plan: Plan,
     return UnitResult((*r.demonstrations, *((r.question,) if with_q else ())))
 
 
+def _device_type(engine: CompressionEngine) -> str:
+    device = getattr(engine, "device", None)
+    return str(getattr(device, "type", "cpu"))
+
+
 @dataclass(frozen=True)
 class _Decision:
     outcome: str  # applied | shadow | off | skipped
@@ -144,13 +149,14 @@ class CompressionStep:
                           original_tokens=original, tenant=tenant.name, model_id=engine.model_id)
         if not plan.units:
             return _Decision("skipped", "nothing_to_compress")
+        deadline_ms = policy.max_compression_ms or default_deadline_ms(_device_type(engine))
         results, hits, reason = await self._results(engine, plan, policy, components.model,
-                                                    policy.max_compression_ms / 1000)
+                                                    deadline_ms / 1000)
         ms = (time.perf_counter() - started) * 1000
         cache = "hit" if hits == len(plan.units) else "miss" if hits == 0 else "partial"
         misses = len(plan.units) - hits
-        if results is None:
-            return _Decision("skipped", reason, cache=cache, ms=ms, hits=hits, misses=misses)
+        if results is None:  # nothing compressed: no cache verdict to report
+            return _Decision("skipped", reason, ms=ms, hits=hits, misses=misses)
         assigned: dict[Item, str] = {}
         ood = False
         for unit in plan.units:
@@ -222,6 +228,7 @@ def _outcome(raw: bytes, tenant: Tenant, model: str | None, original: int,
     }
     if d.cache is not None:
         headers["x-linguagate-cache"] = d.cache
+    if d.ms:
         headers["x-linguagate-compression-ms"] = f"{d.ms:.1f}"
     if d.outcome == "shadow" and d.forwarded_tokens is not None:
         headers["x-linguagate-would-forward-tokens"] = str(d.forwarded_tokens)

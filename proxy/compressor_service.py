@@ -13,14 +13,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from proxy.executor import BoundedExecutor
 
 if TYPE_CHECKING:
     from proxy.compress import CompressionResult, ProtectRules
 
-__all__ = ["CompressionEngine", "CompressorService"]
+__all__ = ["CompressionEngine", "CompressorService", "default_deadline_ms"]
+
+# Default per-request compression deadlines. On CPU the bound is "a 1,000-token prompt
+# compresses on 2 busy cores" (measured up to ~25 s, longer prompts ~50 s); on a GPU a
+# compression takes tens of milliseconds, and anything slower is better forwarded as is.
+_CPU_DEADLINE_MS = 60_000
+_GPU_DEADLINE_MS = 2_000
+
+
+def default_deadline_ms(device_type: str) -> int:
+    return _CPU_DEADLINE_MS if device_type == "cpu" else _GPU_DEADLINE_MS
 
 _log = logging.getLogger("linguagate.compressor")
 T = TypeVar("T")
@@ -30,6 +40,9 @@ class CompressionEngine(Protocol):
     """What the request path needs from ``proxy.compress.Compressor``."""
 
     model_id: str
+
+    @property
+    def device(self) -> Any: ...  # torch.device
 
     def compress(
         self,

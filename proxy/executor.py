@@ -43,6 +43,7 @@ class BoundedExecutor:
         self._max_pending = max_pending
         self._pending = 0
         self._lock = threading.Lock()
+        self._late_tasks: set[asyncio.Future[Any]] = set()
 
     @property
     def pending(self) -> int:
@@ -76,8 +77,18 @@ class BoundedExecutor:
             return await asyncio.wait_for(asyncio.shield(wrapped), timeout=deadline_s)
         except TimeoutError as exc:
             if on_late_result is not None:
-                wrapped.add_done_callback(lambda f: _deliver_late(f, on_late_result))
+                wrapped.add_done_callback(lambda f: self._deliver_late(f, on_late_result))
             raise DeadlineExceeded(f"compression exceeded {deadline_s:.3f} s") from exc
+
+    def _deliver_late(self, future: asyncio.Future[T], callback: Callable[[T], Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        result = callback(future.result())
+        if asyncio.iscoroutine(result):
+            # The loop keeps only weak references to tasks: hold one until it is done.
+            task = asyncio.ensure_future(result)
+            self._late_tasks.add(task)
+            task.add_done_callback(self._late_tasks.discard)
 
     def _release(self, _: object) -> None:
         with self._lock:
@@ -87,9 +98,3 @@ class BoundedExecutor:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _deliver_late(future: asyncio.Future[T], callback: Callable[[T], Any]) -> None:
-    if future.cancelled() or future.exception() is not None:
-        return
-    result = callback(future.result())
-    if asyncio.iscoroutine(result):
-        asyncio.ensure_future(result)

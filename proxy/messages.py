@@ -66,7 +66,8 @@ __all__ = [
 
 Path = tuple[str | int, ...]
 Kind = Literal["instruction", "demonstration", "question"]
-JSON_WORD_REGEX = r"\bJSON\b"
+# The API checks for the word in any case ("json" passes), so protect every spelling.
+JSON_WORD_REGEX = r"(?i)\bjson\b"
 _INSTRUCTION_JOIN = "\n\n"
 
 _DOC_TAG = re.compile(r"<document\b[^>]*>(.*?)</document\s*>", re.IGNORECASE | re.DOTALL)

@@ -59,7 +59,8 @@ class CompressionPolicy:
     segment_tokens: int = 128
     granularity_k: float = 2.0
     models: tuple[str, ...] = ("*",)
-    max_compression_ms: int = 30000
+    # None: the compressor's device decides (60 s on CPU, 2 s on a GPU; see CompressorService).
+    max_compression_ms: int | None = None
     protect: ProtectPolicy = ProtectPolicy()
     # Calibrated on SmolLM2-135M (README, "Perplexity guard"): prose 1.6-2.7, base64 5.4.
     ood_max_nll: float | None = 4.0

@@ -157,7 +157,7 @@ def test_json_object_response_format_requires_json_word() -> None:
         "response_format": {"type": "json_object"},
     }
     comps = split_chat(body)
-    assert comps.json_word_required and comps.protect_regexes == (r"\bJSON\b",)
+    assert comps.json_word_required and comps.protect_regexes == (r"(?i)\bjson\b",)
     schema = {**body, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}
     assert split_chat(schema).protect_regexes == ()
 
