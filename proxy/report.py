@@ -188,9 +188,36 @@ async def _read(url: str, tenant: str | None, since: datetime | None) -> list[Le
         await ledger.close()
 
 
+def _read_proxy(base: str, key: str | None, tenant: str | None, since: str | None
+                ) -> list[LedgerRow]:
+    """The ledger as a running proxy serves it (``GET /v1/linguagate/usage``): the way to
+    read an in-memory ledger, and a tenant key's own view."""
+    import httpx
+
+    params = {k: v for k, v in (("tenant", tenant), ("since", since)) if v}
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(base.rstrip("/") + "/v1/linguagate/usage", params=params,
+                             headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise LedgerUnavailable(f"cannot reach the proxy at {base}: {exc}") from exc
+    if response.status_code != 200:
+        raise LedgerUnavailable(f"the proxy answered {response.status_code}: {response.text[:200]}")
+    return [LedgerRow(**row) for row in response.json()["data"]]
+
+
 def run_report(args: argparse.Namespace) -> int:
     """Entry point of ``linguagate report`` (exit status)."""
     url = args.redis_url or os.environ.get("LINGUAGATE_REDIS_URL")
+    if args.proxy:
+        try:
+            prices = load_prices(args.prices)
+            rows = _read_proxy(args.proxy, args.key or os.environ.get("LINGUAGATE_KEY"),
+                               args.tenant, args.since)
+        except (OSError, ValueError, LedgerUnavailable) as exc:
+            print(f"linguagate report: {exc}", file=sys.stderr)
+            return 1
+        return _print(rows, prices, args.json, None)
     if not url:
         print(
             "linguagate report: no ledger to read: pass --redis-url (or set "
@@ -210,7 +237,12 @@ def run_report(args: argparse.Namespace) -> int:
     except LedgerUnavailable as exc:
         print(f"linguagate report: {exc}", file=sys.stderr)
         return 1
-    if args.json:
+    return _print(rows, prices, args.json, since)
+
+
+def _print(rows: list[LedgerRow], prices: PriceTable, as_json: bool,
+           since: datetime | None) -> int:
+    if as_json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
     elif not rows:
         print("no usage recorded" + (f" since {since:%Y-%m-%d %H:00} UTC" if since else ""))
@@ -233,6 +265,13 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         metavar="URL",
         help="Redis holding the ledger (default: LINGUAGATE_REDIS_URL)",
     )
+    report.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="read from a running proxy instead (e.g. http://127.0.0.1:8080): the way to see an "
+        "in-memory ledger; needs --key (or LINGUAGATE_KEY): an admin key sees every tenant",
+    )
+    report.add_argument("--key", metavar="KEY", help="proxy API key for --proxy")
     report.add_argument("--tenant", metavar="T", help="only this tenant")
     report.add_argument(
         "--since",
