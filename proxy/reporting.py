@@ -55,17 +55,18 @@ async def usage_endpoint(request: Request, services: Services) -> Response:
         since = _since(request.query_params.get("since"))
     except ProxyError as exc:
         return error_response(exc, request_id)
-    if services.accountant is None:
+    ledger = services.ledger  # the Accountant: ledger reads, metrics on the side
+    if ledger is None:
         rows = []
     else:
         try:
-            rows = await services.accountant.totals(scope, since)
+            rows = await ledger.totals(scope, since)
         except LedgerUnavailable:
             body = {"error": {"message": "The usage ledger is unavailable; try again.",
                               "type": "server_error", "param": None, "code": "ledger_unavailable"}}
             return JSONResponse(body, status_code=503,
                                 headers={"retry-after": "5", "x-request-id": request_id})
-    backend = services.accountant.status().backend if services.accountant else "none"
+    backend = ledger.status().backend if ledger is not None else "none"
     payload = {
         "object": "linguagate.usage",
         "tenant": scope,

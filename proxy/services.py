@@ -69,7 +69,6 @@ class Services:
     compressor: CompressorService | None = None
     cache: CompressionCache | None = None
     metrics: Metrics | None = None
-    accountant: Accountant | None = None
 
 
 def needs_compressor(policies: PolicyStore) -> bool:
@@ -163,7 +162,6 @@ async def open_services(
             compressor=compressor,
             cache=cache,
             metrics=metrics,
-            accountant=accountant,
         )
 
 
