@@ -2,7 +2,11 @@
 
 Clients send the proxy key the way the OpenAI SDK sends any key
 (``Authorization: Bearer <key>``); Azure-style clients send an ``api-key`` header,
-which is accepted too. Policy files hold only SHA-256 digests of keys.
+which is accepted too. In bring-your-own-key deployments the ``Authorization``
+header carries the team's upstream key, so the proxy key goes in its own
+``x-linguagate-key`` header, which wins when present and is never forwarded
+(every ``x-linguagate-*`` header stays at the proxy). Policy files hold only
+SHA-256 digests of keys.
 """
 
 from __future__ import annotations
@@ -46,7 +50,10 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """The presented proxy key: ``Authorization: Bearer`` first, then ``api-key``."""
+    """The presented proxy key: ``x-linguagate-key``, then ``Authorization: Bearer``, then ``api-key``."""
+    own = (_header(headers, "x-linguagate-key") or "").strip()
+    if own:
+        return own
     token = bearer_token(_header(headers, "authorization"))
     if token is not None:
         return token

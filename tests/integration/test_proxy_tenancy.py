@@ -75,6 +75,32 @@ def test_bring_your_own_key(byo_proxy: ProxyServer, upstream: FakeUpstream) -> N
     assert upstream.last().header("authorization") == f"Bearer {ALPHA_KEY}"
 
 
+def test_proxy_key_header_with_own_upstream_key(
+    byo_proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
+    # The team's upstream key rides in Authorization, the proxy key in its own header.
+    with openai.OpenAI(
+        base_url=byo_proxy.base_url,
+        api_key="sk-users-own",
+        default_headers={"x-linguagate-key": ALPHA_KEY},
+        max_retries=0,
+    ) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-linguagate-tenant"] == "alpha"
+    sent = upstream.last()
+    assert sent.header("authorization") == "Bearer sk-users-own"
+    assert sent.header("x-linguagate-key") is None
+    with openai.OpenAI(
+        base_url=byo_proxy.base_url,
+        api_key="sk-users-own",
+        default_headers={"x-linguagate-key": "sk-lg-unknown"},
+        max_retries=0,
+    ) as sdk:
+        # An unknown proxy key falls back to the anonymous tenant, like any unknown key.
+        raw = sdk.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raw.headers["x-linguagate-tenant"] == "default"
+
+
 def test_redis_outage_reported_but_ready(
     start_proxy: StartProxy, redis_server: RedisServer, upstream: FakeUpstream
 ) -> None:
