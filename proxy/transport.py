@@ -123,9 +123,12 @@ class AiohttpUpstream:
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 600.0,
         pool_timeout_s: float = 30.0,
+        proxy: str | None = None,
     ) -> None:
         self._max_connections = max_connections
         self._keepalive_expiry_s = keepalive_expiry_s
+        # An egress proxy (HTTP CONNECT for https upstreams); credentials may sit in its URL.
+        self._proxy = proxy
         # `connect` bounds waiting for a pooled connection plus connecting; `sock_read` is the
         # longest silence between two reads; no total: a long stream is not a failure.
         self._timeout = aiohttp.ClientTimeout(
@@ -169,6 +172,7 @@ class AiohttpUpstream:
                 data=content or None,
                 allow_redirects=False,
                 compress=None,
+                proxy=self._proxy,
             )
         return UpstreamResponse(
             response.status, response.raw_headers, _aiohttp_body(response), _AiohttpCloser(response)

@@ -10,9 +10,11 @@ statuses are *not* errors here: they are relayed as they are.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -33,11 +35,13 @@ __all__ = [
     "UpstreamClient",
     "UpstreamResponse",
     "UpstreamStatus",
+    "egress_proxy_for",
     "map_transport_error",
 ]
 
 # What can escape a transport: httpx's tree, plus (defensively) raw aiohttp/OS errors.
 _TRANSPORT_FAILURES = (httpx.TransportError, aiohttp.ClientError, OSError)
+_LOOPBACK = frozenset({"localhost", "::1"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,37 @@ def map_transport_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, httpx.TimeoutException) or isinstance(cause, TimeoutError):
         return UpstreamTimeout("The upstream API did not answer in time.")
     return UpstreamUnreachable(f"The upstream API could not be reached ({type(exc).__name__}).")
+
+
+def egress_proxy_for(url: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The egress proxy the standard environment variables name for ``url``, if any.
+
+    ``HTTPS_PROXY`` / ``HTTP_PROXY`` (either case) by the URL's scheme, unless ``NO_PROXY``
+    lists the host (a suffix match, ``*`` for all), the rules curl and requests follow;
+    loopback upstreams always go direct.
+    """
+    env = os.environ if env is None else env
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if not host or host in _LOOPBACK or host.startswith("127."):
+        return None  # a local upstream is never behind the egress proxy
+
+    def get(name: str) -> str:
+        return (env.get(name.lower()) or env.get(name.upper()) or "").strip()
+
+    proxy = get(f"{parts.scheme}_proxy")
+    if not proxy:
+        return None
+    for entry in get("no_proxy").split(","):
+        entry = entry.strip().lower()
+        if not entry:
+            continue
+        if entry == "*":
+            return None
+        name = entry.lstrip(".").split(":")[0]
+        if host == name or host.endswith("." + name):
+            return None
+    return proxy if "://" in proxy else "http://" + proxy
 
 
 class UpstreamClient:
@@ -85,12 +120,21 @@ class UpstreamClient:
             )
             transport = HttpxUpstream(transport, timeout)
         if transport is None:
-            kind = WireUpstream if settings.upstream_transport == "wire" else AiohttpUpstream
-            transport = kind(
-                max_connections=settings.max_connections,
-                connect_timeout_s=settings.connect_timeout_s,
-                read_timeout_s=settings.read_timeout_s,
-            )
+            proxy = egress_proxy_for(settings.upstream_url)
+            if proxy is not None or settings.upstream_transport == "aiohttp":
+                # The lean wire client speaks only direct HTTP/1.1; aiohttp tunnels through proxies.
+                transport = AiohttpUpstream(
+                    max_connections=settings.max_connections,
+                    connect_timeout_s=settings.connect_timeout_s,
+                    read_timeout_s=settings.read_timeout_s,
+                    proxy=proxy,
+                )
+            else:
+                transport = WireUpstream(
+                    max_connections=settings.max_connections,
+                    connect_timeout_s=settings.connect_timeout_s,
+                    read_timeout_s=settings.read_timeout_s,
+                )
         return cls(settings.upstream_url, api_key=settings.upstream_api_key, transport=transport)
 
     @property

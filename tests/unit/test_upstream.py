@@ -14,7 +14,7 @@ import pytest
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
 from proxy.settings import Settings
 from proxy.transport import AiohttpUpstream, UpstreamTransport
-from proxy.upstream import UpstreamClient, map_transport_error
+from proxy.upstream import UpstreamClient, egress_proxy_for, map_transport_error
 from proxy.wire import WireUpstream
 
 
@@ -266,3 +266,63 @@ async def test_body_delimited_by_close(kind: Kind) -> None:
                 assert b"".join([c async for c in client.iter_raw(response)]) == b"all of it"
         finally:
             await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "expected"),
+    [
+        ("https://api.openai.com/v1", {}, None),
+        ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://egress:3128"}, "http://egress:3128"),
+        ("https://api.openai.com/v1", {"https_proxy": "egress:3128"}, "http://egress:3128"),
+        ("https://api.openai.com/v1", {"HTTP_PROXY": "http://egress:3128"}, None),
+        ("http://10.0.0.5:8000/v1", {"HTTP_PROXY": "http://egress:3128"}, "http://egress:3128"),
+        (
+            "https://api.openai.com/v1",
+            {"HTTPS_PROXY": "http://egress:3128", "NO_PROXY": "localhost,.openai.com"},
+            None,
+        ),
+        (
+            "https://api.openai.com/v1",
+            {"HTTPS_PROXY": "http://egress:3128", "no_proxy": "openai.com:443"},
+            None,
+        ),
+        (
+            "https://notopenai.com/v1",
+            {"HTTPS_PROXY": "http://egress:3128", "NO_PROXY": "openai.com"},
+            "http://egress:3128",
+        ),
+        ("https://api.openai.com/v1", {"HTTPS_PROXY": "http://e:1", "NO_PROXY": "*"}, None),
+        ("http://127.0.0.1:9000/v1", {"HTTP_PROXY": "http://e:1"}, None),
+        ("http://localhost:9000/v1", {"HTTP_PROXY": "http://e:1"}, None),
+    ],
+)
+def test_egress_proxy_from_environment(
+    url: str, env: dict[str, str], expected: str | None
+) -> None:
+    assert egress_proxy_for(url, env) == expected
+
+
+async def test_requests_go_through_the_egress_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real socket acting as a forward proxy: it must see the absolute-form request line.
+    seen: list[bytes] = []
+
+    async def forward_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async with _serve(forward_proxy) as port:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        client = UpstreamClient.from_settings(Settings(upstream_url="http://upstream.invalid/v1"))
+        try:
+            url = "http://upstream.invalid/v1/models"
+            async with client.stream("GET", url, [], b"") as response:
+                assert response.status == 200
+        finally:
+            await client.aclose()
+    assert seen[0].lower().startswith(b"get http://upstream.invalid/v1/models http/1.1")
