@@ -26,6 +26,7 @@ _PLUGGED_SUBCOMMANDS = (
     ("proxy.admin_cli", "add_subcommands", ("keys", "policies")),
     ("proxy.compress.cli", "add_subcommand", ("compress",)),
     ("proxy.report", "add_subcommand", ("report",)),
+    ("proxy.alignment.cli", "add_subcommand", ("align",)),
 )
 _LOCAL = "local"
 _COMPRESSION_FLAGS = (
