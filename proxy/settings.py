@@ -25,6 +25,9 @@ to each worker process (every worker builds its own app from its environment).
 | compress_queue     | --compress-queue   | LINGUAGATE_COMPRESS_QUEUE     | 32               |
 | torch_threads      | --torch-threads    | LINGUAGATE_TORCH_THREADS      | 1 (0: torch's)   |
 | cache_ttl_s        | --cache-ttl        | LINGUAGATE_CACHE_TTL          | 604800 (7 days)  |
+| dashboard_secret   | (none: secret)     | LINGUAGATE_DASHBOARD_SECRET   | random per serve |
+| dashboard_session_ttl_s | (none)        | LINGUAGATE_DASHBOARD_SESSION_TTL | 28800 (8 h)   |
+| prices_path        | (none)             | LINGUAGATE_PRICES             | built-in list    |
 """
 
 from __future__ import annotations
@@ -68,6 +71,10 @@ class Settings:
     compress_queue: int = 32
     torch_threads: int = 1
     cache_ttl_s: int = 7 * 24 * 3600
+    # Signs dashboard session cookies; `serve` generates one when unset (shared by workers).
+    dashboard_secret: str | None = field(default=None, repr=False)
+    dashboard_session_ttl_s: int = 8 * 3600
+    prices_path: Path | None = None  # USD per 1M input tokens (see proxy.report)
 
     def __post_init__(self) -> None:
         if not self.upstream_url.startswith(("http://", "https://")):
@@ -103,6 +110,12 @@ class Settings:
             raise SettingsError(f"cache TTL must be >= 1 s: {self.cache_ttl_s}")
         if self.max_connections < 1:
             raise SettingsError(f"max connections must be >= 1: {self.max_connections}")
+        if self.dashboard_secret is not None and len(self.dashboard_secret.encode()) < 16:
+            raise SettingsError("LINGUAGATE_DASHBOARD_SECRET must be at least 16 bytes")
+        if self.dashboard_session_ttl_s < 60:
+            raise SettingsError("dashboard session TTL must be >= 60 s")
+        if isinstance(self.prices_path, str):  # from the environment: `Path | None` is a str
+            object.__setattr__(self, "prices_path", Path(self.prices_path))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -137,6 +150,8 @@ def _env_name(field_name: str) -> str:
         "connect_timeout_s": "CONNECT_TIMEOUT",
         "read_timeout_s": "READ_TIMEOUT",
         "cache_ttl_s": "CACHE_TTL",
+        "dashboard_session_ttl_s": "DASHBOARD_SESSION_TTL",
+        "prices_path": "PRICES",
     }
     return _PREFIX + special.get(field_name, field_name.upper())
 
