@@ -10,7 +10,7 @@ import logging
 from datetime import datetime
 
 from proxy.cache import BackendStatus
-from proxy.ledger import Ledger, LedgerRow, UsageRecord
+from proxy.ledger import HourBucket, Ledger, LedgerRow, LedgerUnavailable, UsageRecord
 from proxy.metrics import Metrics
 
 __all__ = ["Accountant"]
@@ -35,6 +35,15 @@ class Accountant:
     async def totals(self, tenant: str | None = None,
                      since: datetime | None = None) -> list[LedgerRow]:
         return await self.ledger.totals(tenant, since)
+
+    async def series(self, tenant: str | None, since: datetime,
+                     until: datetime | None = None) -> list[HourBucket]:
+        """The ledger's hourly buckets (``MemoryLedger.series``/``RedisLedger.series``)."""
+        read = getattr(self.ledger, "series", None)
+        if read is None:  # a ledger without hourly buckets (a test double)
+            raise LedgerUnavailable("this ledger keeps no hourly series")
+        buckets: list[HourBucket] = await read(tenant, since, until)
+        return buckets
 
     def status(self) -> BackendStatus:
         return self.ledger.status()

@@ -167,6 +167,12 @@ def _serve(args: argparse.Namespace) -> int:
         if local is not None:
             local.stop()
         return 2
+    if settings.dashboard_secret is None:
+        # One secret for every worker (passed on by `Settings.to_env`): a dashboard session
+        # signed by one worker must be valid on the others.
+        import secrets
+
+        settings = settings.with_overrides(dashboard_secret=secrets.token_urlsafe(32))
     try:
         return _run_uvicorn(settings, args)
     finally:

@@ -2,9 +2,12 @@
 
 One ``UsageRecord`` per proxied request is added to two sets of counters per
 (tenant, model): all-time totals and an hourly bucket (kept ``retention`` long, 30
-days by default, for dashboards and ``--since`` reports). ``MemoryLedger`` lives in
-the process; ``RedisLedger`` survives restarts and is shared by replicas, with
-atomic HINCRBY/HINCRBYFLOAT in one MULTI transaction per request.
+days by default, for dashboards and ``--since`` reports). Besides the summed counters,
+each bucket holds two histograms (non-cumulative bucket counts): the achieved rate
+(forwarded/original) of applied compressions (``rate:<le>``) and the compression
+latency in milliseconds (``ms:<le>``); ``series()`` reads the hourly buckets back.
+``MemoryLedger`` lives in the process; ``RedisLedger`` survives restarts and is shared by
+replicas, with atomic HINCRBY/HINCRBYFLOAT in one MULTI transaction per request.
 
 Recording never fails a request: Redis errors are counted and dropped (the same
 circuit breaker as the cache). Reading raises ``LedgerUnavailable`` instead, so a
@@ -44,7 +47,10 @@ from proxy.cache import (
 
 __all__ = [
     "COUNTERS",
+    "LATENCY_EDGES_MS",
     "OTHER_MODEL",
+    "RATE_EDGES",
+    "HourBucket",
     "Ledger",
     "LedgerRow",
     "LedgerUnavailable",
@@ -70,6 +76,12 @@ COUNTERS = (
     "upstream_completion_tokens",
 )
 _SKIP = "skip:"
+# Histogram upper bounds ("le", inclusive); a value above the last one lands in "inf".
+RATE_EDGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+LATENCY_EDGES_MS = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                    10000.0, 30000.0, 60000.0)
+RATE_PREFIX = "rate:"
+LATENCY_PREFIX = "ms:"
 _RETENTION = timedelta(days=30)
 log = logging.getLogger(__name__)
 OTHER_MODEL = "other"  # where model names beyond ``max_models`` per tenant are counted
@@ -128,6 +140,21 @@ class UsageRecord:
             inc[_SKIP + self.skip_reason] = 1
         return {k: v for k, v in inc.items() if v}
 
+    def histogram_increments(self) -> dict[str, int]:
+        """One count in the achieved-rate histogram (applied compressions only) and one in
+        the latency histogram (whenever compression ran)."""
+        inc: dict[str, int] = {}
+        if self.outcome == "applied" and self.original_tokens > 0:
+            rate = self.forwarded_tokens / self.original_tokens
+            inc[histogram_field(RATE_PREFIX, RATE_EDGES, rate)] = 1
+        if self.compression_ms > 0:
+            inc[histogram_field(LATENCY_PREFIX, LATENCY_EDGES_MS, self.compression_ms)] = 1
+        return inc
+
+    def counters(self) -> dict[str, float]:
+        """Everything a ledger adds for this request: ``increments()`` and the histograms."""
+        return {**self.increments(), **self.histogram_increments()}
+
     def hour(self) -> datetime:
         at = self.at or datetime.now(UTC)
         return _floor_hour(at)
@@ -174,6 +201,24 @@ class LedgerRow:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for ``GET /v1/linguagate/usage``)."""
         return {**dataclasses.asdict(self), "skips": dict(self.skips)}
+
+
+@dataclass(frozen=True)
+class HourBucket:
+    """The raw counters of one (tenant, model, UTC hour), histogram fields included."""
+
+    tenant: str
+    model: str
+    hour: datetime
+    counters: Mapping[str, float]
+
+
+def histogram_field(prefix: str, edges: tuple[float, ...], value: float) -> str:
+    """The counter name of the bucket holding ``value``: ``prefix`` + its upper bound."""
+    for edge in edges:
+        if value <= edge:
+            return f"{prefix}{edge:g}"
+    return f"{prefix}inf"
 
 
 class Ledger(Protocol):
@@ -231,7 +276,7 @@ class MemoryLedger:
 
     async def record(self, rec: UsageRecord) -> None:
         rec = self._models(rec)
-        inc = rec.increments()
+        inc = rec.counters()
         _add(self._totals.setdefault((rec.tenant, rec.model), {}), inc)
         bucket = (rec.tenant, rec.model, rec.hour())
         if bucket not in self._hourly:
@@ -255,6 +300,18 @@ class MemoryLedger:
                 if tenant in (None, t) and hour >= start:
                     _add(sums.setdefault((t, model), {}), counters)
         return [LedgerRow.from_counters(t, m, c) for (t, m), c in sorted(sums.items())]
+
+    async def series(
+        self, tenant: str | None, since: datetime, until: datetime | None = None
+    ) -> list[HourBucket]:
+        """Hourly buckets of one tenant (or all) from ``since`` to ``until`` (default now),
+        both rounded down to the hour and inclusive; sorted by tenant, model, hour."""
+        start, end = _floor_hour(since), _floor_hour(until or self._now())
+        return [
+            HourBucket(t, m, hour, dict(counters))
+            for (t, m, hour), counters in sorted(self._hourly.items())
+            if tenant in (None, t) and start <= hour <= end
+        ]
 
     def status(self) -> BackendStatus:
         return BackendStatus("memory", True, 0, f"{len(self._totals)} rows")
@@ -326,7 +383,7 @@ class RedisLedger:
         if bucket not in self._pending and len(self._pending) >= self.max_pending:
             self.dropped += 1  # bounded memory during a long outage
             return
-        _add(self._pending.setdefault(bucket, {}), rec.increments())
+        _add(self._pending.setdefault(bucket, {}), rec.counters())
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
@@ -436,8 +493,60 @@ class RedisLedger:
                 rows.append(LedgerRow.from_counters(tenant, model, sums))
         return rows
 
-    def _hours(self, since: datetime) -> list[datetime]:
-        end = _floor_hour(self._now())
+    async def series(
+        self, tenant: str | None, since: datetime, until: datetime | None = None
+    ) -> list[HourBucket]:
+        """Hourly buckets of one tenant (or all) from ``since`` to ``until`` (default now),
+        inclusive, sorted by tenant, model, hour: three pipelined round-trips at most."""
+        await self.flush()
+        client = self._redis.client
+        if tenant is not None:
+            tenants = [tenant]
+        else:
+            members = await self._redis.call(lambda: client.smembers(_TENANTS_KEY))
+            if members is None:
+                raise LedgerUnavailable("redis ledger unreachable")
+            tenants = sorted(_text(m) for m in members)
+
+        async def _models() -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for name in tenants:
+                    pipe.smembers(f"{tenant_namespace(name)}:ledger:models")
+                return list(await pipe.execute())
+
+        model_sets = await self._redis.call(_models) if tenants else []
+        if model_sets is None:
+            raise LedgerUnavailable("redis ledger unreachable")
+        hours = self._hours(since, until)
+        wanted = [
+            (name, model, hour)
+            for name, models in zip(tenants, model_sets, strict=True)
+            for model in sorted(_text(m) for m in models)
+            for hour in hours
+        ]
+
+        async def _read() -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for name, model, hour in wanted:
+                    pipe.hgetall(f"{_model_prefix(name, model)}:h:{hour:%Y%m%d%H}")
+                return list(await pipe.execute())
+
+        hashes = await self._redis.call(_read) if wanted else []
+        if hashes is None:
+            raise LedgerUnavailable("redis ledger unreachable")
+        buckets = []
+        for (name, model, hour), raw in zip(wanted, hashes, strict=True):
+            fields = _decode(raw)
+            if not fields:
+                continue
+            # The digest prefix could in theory collide: the stored names decide.
+            if fields.pop("_tenant", name) != name or fields.pop("_model", model) != model:
+                continue
+            buckets.append(HourBucket(name, model, hour, {k: float(v) for k, v in fields.items()}))
+        return buckets
+
+    def _hours(self, since: datetime, until: datetime | None = None) -> list[datetime]:
+        end = _floor_hour(min(until, self._now()) if until is not None else self._now())
         start = max(_floor_hour(since), _floor_hour(self._now() - self.retention))
         count = int((end - start).total_seconds() // 3600) + 1
         return [start + timedelta(hours=i) for i in range(max(count, 0))]

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from proxy.dashboard import dashboard_routes
 from proxy.errors import NotFound, ProxyError, error_response
 from proxy.intake import authenticate, forward_request, read_body, request_id_for, started_at
 from proxy.pipeline import chat_completions, parse_completion_body
@@ -148,5 +149,6 @@ def routes() -> list[BaseRoute]:
         Route("/healthz", _healthz, methods=["GET", "HEAD"]),
         Route("/readyz", _readyz, methods=["GET", "HEAD"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        *dashboard_routes(),
         Route("/{path:path}", _not_found, methods=list(_ALL_METHODS)),
     ]
