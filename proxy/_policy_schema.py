@@ -20,6 +20,7 @@ from typing import Any
 
 from proxy._toml_lines import KeyPath, key_lines, line_of
 from proxy.policy import (
+    AlignmentPolicy,
     CompressionPolicy,
     PolicyError,
     PolicySnapshot,
@@ -110,6 +111,21 @@ def _regexes(value: object) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+def _fraction(value: object) -> float:
+    number = _number(value)
+    if not 0.0 <= number <= 1.0:
+        raise _Invalid(f"must be in [0, 1], got {value!r}")
+    return number
+
+
+def _model_name(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"must be a non-empty string (HF id or folder), got {_kind(value)}")
+    if any(c in value for c in "\n\r\0"):
+        raise _Invalid("must be a single line")
+    return value
+
+
 def _kind(value: object) -> str:
     names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
     names |= {list: "an array", dict: "a table"}
@@ -130,6 +146,13 @@ _COMPRESSION: dict[str, tuple[str, _Check]] = {
     "max_compression_ms": ("max_compression_ms", _integer(1)),
     "ood_max_nll": ("ood_max_nll", _at_least(0.0, strict=True)),
     "compress_json_tool_results": ("compress_json_tool_results", _boolean),
+    "model": ("model", _model_name),
+}
+_ALIGNMENT: dict[str, tuple[str, _Check]] = {
+    "capture": ("capture", _boolean),
+    "sample": ("sample", _fraction),
+    "max_bytes": ("max_bytes", _integer(4096)),
+    "max_files": ("max_files", _integer(1, 1000)),
 }
 _PROTECT: dict[str, tuple[str, _Check]] = {
     "number": ("number", _boolean),
@@ -147,7 +170,7 @@ _OVERRIDE: dict[str, tuple[str, _Check]] = {
 }
 _PER_MODEL = {k: v for k, v in _COMPRESSION.items() if k != "models"}
 _TENANT_KEYS = ("name", "api_key_sha256", "anonymous", "admin")
-_TOP_KEYS = ("tenant", "compression", "models")
+_TOP_KEYS = ("tenant", "compression", "models", "alignment")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _HEX_RE = re.compile(r"[0-9a-fA-F]{64}")
 _POSITION_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
@@ -253,6 +276,7 @@ class _Parser:
         compression = self.table(doc, ("compression",)) or {}
         base = self.compression(compression, ("compression",), CompressionPolicy())
         models = self.model_policies(doc, base)
+        alignment = self.alignment(doc)
         if self.problems or not isinstance(name, str):
             return None
         return Tenant(
@@ -264,7 +288,15 @@ class _Parser:
             compression=base,
             model_policies=models,
             source=self.path,
+            alignment=alignment,
         )
+
+    def alignment(self, doc: Mapping[str, Any]) -> AlignmentPolicy:
+        table = self.table(doc, ("alignment",))
+        if table is None:
+            return AlignmentPolicy()
+        self.unknown(table, ("alignment",), _ALIGNMENT)
+        return AlignmentPolicy(**self.fields(table, ("alignment",), _ALIGNMENT))
 
     def flag(self, table: Mapping[str, Any], key: str) -> bool:
         try:

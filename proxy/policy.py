@@ -27,6 +27,7 @@ from typing import Literal
 from proxy.compress.protect import ProtectRules
 
 __all__ = [
+    "AlignmentPolicy",
     "CompressionPolicy",
     "PolicyError",
     "PolicySnapshot",
@@ -68,11 +69,28 @@ class CompressionPolicy:
     allow_request_override: bool = False
     override_min_rate: float = 0.1
     override_max_rate: float = 1.0
+    # The small LM scoring tokens (HF id or folder, e.g. an aligned one); None: the proxy's
+    # default (`--compressor-model`, else the packaged SmolLM2).
+    model: str | None = None
 
     def applies_to(self, model: str | None) -> bool:
         """Whether the request's ``model`` matches one of the ``models`` globs (case-sensitive)."""
         name = model or ""
         return any(fnmatchcase(name, glob) for glob in self.models)
+
+
+@dataclass(frozen=True)
+class AlignmentPolicy:
+    """``[alignment]``: opt-in capture of (messages as sent upstream, answer) pairs.
+
+    Captured files hold prompt and answer text (never keys): they are as sensitive as the
+    traffic itself. ``max_bytes`` caps one file; ``max_files`` rotated files are kept.
+    """
+
+    capture: bool = False
+    sample: float = 0.1
+    max_bytes: int = 64 * 1024 * 1024
+    max_files: int = 5
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,7 @@ class Tenant:
     # (glob, fully merged policy) in file order; the first glob matching the model wins.
     model_policies: tuple[tuple[str, CompressionPolicy], ...] = ()
     source: Path | None = None
+    alignment: AlignmentPolicy = AlignmentPolicy()
 
     def policy_for(self, model: str | None) -> CompressionPolicy:
         """The base ``[compression]`` policy, or the first matching ``[models."glob"]`` override."""
