@@ -122,6 +122,11 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--cache-ttl", dest="cache_ttl_s", type=int, metavar="S",
                        help="compression cache TTL (LINGUAGATE_CACHE_TTL, default 604800)")
     serve.add_argument(
+        "--capture-dir", type=Path, metavar="DIR",
+        help="where tenants with [alignment] capture = true get their pair files: they hold "
+        "prompt and answer text (LINGUAGATE_CAPTURE_DIR, default ./captures)",
+    )
+    serve.add_argument(
         "--no-access-log", action="store_true", help="do not log one line per request"
     )
     serve.set_defaults(func=_serve)
@@ -143,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
             "read_timeout_s",
             "max_connections",
             "upstream_transport",
+            "capture_dir",
             *_COMPRESSION_FLAGS,
         )
     }

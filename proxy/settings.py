@@ -27,6 +27,7 @@ to each worker process (every worker builds its own app from its environment).
 | cache_ttl_s        | --cache-ttl        | LINGUAGATE_CACHE_TTL          | 604800 (7 days)  |
 | dashboard_secret   | (none: secret)     | LINGUAGATE_DASHBOARD_SECRET   | random per serve |
 | dashboard_session_ttl_s | (none)        | LINGUAGATE_DASHBOARD_SESSION_TTL | 28800 (8 h)   |
+| capture_dir        | --capture-dir      | LINGUAGATE_CAPTURE_DIR        | ./captures       |
 | prices_path        | (none)             | LINGUAGATE_PRICES             | built-in list    |
 """
 
@@ -74,6 +75,8 @@ class Settings:
     # Signs dashboard session cookies; `serve` generates one when unset (shared by workers).
     dashboard_secret: str | None = field(default=None, repr=False)
     dashboard_session_ttl_s: int = 8 * 3600
+    # Where tenants with `[alignment] capture = true` get their pair files (prompt text!).
+    capture_dir: Path = Path("captures")
     prices_path: Path | None = None  # USD per 1M input tokens (see proxy.report)
 
     def __post_init__(self) -> None:
