@@ -37,7 +37,7 @@ header.top button { background: transparent; border-color: #fff; }
 nav.periods a { margin-right: .75rem; }
 nav.periods a[aria-current="page"] { font-weight: 700; color: #1a1a1a; text-decoration: none; }
 .kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr)); gap: 1rem;
-        margin: 0; }
+        margin: 0 0 1.25rem; }
 .kpis div { background: #fff; border: 1px solid #d5d9df; border-radius: 6px; padding: .75rem 1rem; }
 .kpis dt { color: #4a4f57; font-size: .9rem; }
 .kpis dd { margin: 0; font-size: 1.6rem; font-weight: 700; }
@@ -47,6 +47,7 @@ th, td { padding: .4rem .6rem; border-bottom: 1px solid #e1e4e8; text-align: rig
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #eef1f5; }
 th a { color: inherit; }
+tbody th { white-space: nowrap; text-align: left; }
 .chart { width: 100%; height: auto; max-height: 260px; }
 .chart .tick, .chart .value { font-size: 12px; fill: #3b4048; }
 .legend span { display: inline-block; width: .9rem; height: .9rem; vertical-align: middle;

@@ -22,6 +22,7 @@ __all__ = [
     "Viewer",
     "clear_session_cookie",
     "is_same_origin",
+    "set_session_cookie",
     "sign_in",
     "viewer_from_bearer",
     "viewer_from_cookie",
@@ -106,16 +107,15 @@ def clear_session_cookie(response: Response, request: Request) -> None:
 def is_same_origin(request: Request) -> bool:
     """CSRF guard for the dashboard's POSTs: refuse what a browser marks as cross-site.
 
-    Browsers send ``Origin`` on every POST (and ``Sec-Fetch-Site``); a request without
-    either comes from a script, which holds the key anyway.
+    Browsers send ``Sec-Fetch-Site`` (the browser's own verdict) and ``Origin`` on every
+    POST; a request with neither comes from a script, which holds the key anyway.
     """
-    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
-        return False
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    if origin == "null":
-        return False
-    parts = urlsplit(origin)
+    parts = urlsplit(origin)  # "null" (opaque origins) has no scheme: refused
     host = request.headers.get("host", "")
     return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()

@@ -15,6 +15,7 @@ from proxy.dashboard.data import Point
 __all__ = ["bar_chart", "tokens_over_time"]
 
 _W, _H = 720, 240
+_W_SMALL = 440  # histograms sit two to a row
 _LEFT, _RIGHT, _TOP, _BOTTOM = 64, 12, 16, 36
 
 
@@ -23,19 +24,19 @@ def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
     magnitude = 10 ** (len(str(int(value))) - 1)
-    for step in (1, 2, 5, 10):
+    for step in (1, 2, 4, 5, 10):  # halves stay round numbers
         if step * magnitude >= value:
             return float(step * magnitude)
     return float(10 * magnitude)
 
 
-def _y_axis(top: float, label: str) -> list[str]:
+def _y_axis(top: float, label: str, w: int = _W) -> list[str]:
     parts = []
     plot_h = _H - _TOP - _BOTTOM
     for frac in (0.0, 0.5, 1.0):
         y = _TOP + plot_h * (1 - frac)
         parts.append(
-            f'<line class="grid" x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" '
+            f'<line class="grid" x1="{_LEFT}" x2="{w - _RIGHT}" y1="{y:.1f}" '
             f'y2="{y:.1f}" stroke="#c8ccd2" stroke-width="1"/>'
         )
         parts.append(
@@ -45,9 +46,9 @@ def _y_axis(top: float, label: str) -> list[str]:
     return parts
 
 
-def _svg(title: str, desc: str, body: list[str], chart_id: str) -> str:
+def _svg(title: str, desc: str, body: list[str], chart_id: str, w: int = _W) -> str:
     return (
-        f'<svg class="chart" viewBox="0 0 {_W} {_H}" role="img" '
+        f'<svg class="chart" viewBox="0 0 {w} {_H}" role="img" '
         f'aria-labelledby="{chart_id}-t {chart_id}-d" xmlns="http://www.w3.org/2000/svg">'
         f'<title id="{chart_id}-t">{escape(title)}</title>'
         f'<desc id="{chart_id}-d">{escape(desc)}</desc>' + "".join(body) + "</svg>"
@@ -100,9 +101,10 @@ def tokens_over_time(points: Sequence[Point], hourly: bool, chart_id: str = "tok
 def bar_chart(labels: Sequence[str], counts: Sequence[int], title: str, chart_id: str) -> str:
     """One bar per bucket (a histogram), count above each non-empty bar."""
     top = _nice_max(max(counts, default=0))
-    plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    plot_w, plot_h = _W_SMALL - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
     slot = plot_w / max(len(counts), 1)
-    body = _y_axis(top, "{}")
+    body = _y_axis(top, "{}", _W_SMALL)
+    every = 2 if len(counts) > 10 else 1  # crowded labels: every other (all in the table)
     for i, (label, n) in enumerate(zip(labels, counts, strict=True)):
         x = _LEFT + i * slot + slot * 0.15
         width = slot * 0.7
@@ -117,9 +119,10 @@ def bar_chart(labels: Sequence[str], counts: Sequence[int], title: str, chart_id
                 f'<text class="value" x="{x + width / 2:.1f}" '
                 f'y="{_TOP + plot_h - h - 4:.1f}" text-anchor="middle">{fmt.count(n)}</text>'
             )
-        body.append(
-            f'<text class="tick" x="{x + width / 2:.1f}" y="{_H - _BOTTOM + 16}" '
-            f'text-anchor="middle">{escape(label)}</text>'
-        )
+        if i % every == 0:
+            body.append(
+                f'<text class="tick" x="{x + width / 2:.1f}" y="{_H - _BOTTOM + 16}" '
+                f'text-anchor="middle">{escape(label)}</text>'
+            )
     desc = "; ".join(f"{label}: {n}" for label, n in zip(labels, counts, strict=True))
-    return _svg(title, desc, body, chart_id)
+    return _svg(title, desc, body, chart_id, _W_SMALL)

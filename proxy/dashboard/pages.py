@@ -190,9 +190,10 @@ def _short_ms(edge: float) -> str:
     return f"{edge / 1000:g}s" if edge >= 1000 else f"{edge:g}"
 
 
-def _latency_labels(hist: Histogram) -> list[str]:
+def _compact_labels(hist: Histogram, show: Callable[[float], str]) -> list[str]:
+    """``≤0.1`` ... ``>1``: short enough for a small chart's axis."""
     finite = hist.edges[:-1]
-    return [f"≤{_short_ms(e)}" for e in finite] + [f">{_short_ms(finite[-1])}"]
+    return [f"≤{show(e)}" for e in finite] + [f">{show(finite[-1])}"]
 
 
 def _policy_rows(policy: CompressionPolicy) -> str:
@@ -299,14 +300,14 @@ def tenant_page(
         + _histogram_section(
             "Achieved compression rate",
             s.rates,
-            s.rates.labels(),
+            _compact_labels(s.rates, lambda e: f"{e:g}"),
             "rates",
             "Forwarded / original tokens of each compressed request (lower saves more).",
         )
         + _histogram_section(
             "Compression latency (ms)",
             s.latency_ms,
-            _latency_labels(s.latency_ms),
+            _compact_labels(s.latency_ms, _short_ms),
             "latency",
             _APPROX,
         )

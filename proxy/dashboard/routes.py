@@ -60,7 +60,8 @@ _MAX_FORM_BYTES = 8192
 _HEADERS = {
     "cache-control": "no-store",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not "no-referrer": with it, browsers send `Origin: null` on the sign-in POST.
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
