@@ -7,6 +7,12 @@ p(question | document)). Whole demonstrations are kept in rank order up to
 ``k`` times their share of the budget, so the token-level pass has room to choose;
 the share that the coarse pass did not use is handed back (Δτ) to instruction and
 question.
+
+Each kept demonstration then gets its own token-level budget. ``fill="rank"``
+(default) gives them out in rank order: the best demonstrations stay whole and
+only the one where the budget runs out is compressed token by token (the extreme
+of LongLLMLingua's dynamic compression ratio). ``fill="uniform"`` is the paper's
+LLMLingua: every kept demonstration is cut at the same rate.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["Budget", "Shape", "needs_ranking", "plan_budget", "select_demonstrations"]
+__all__ = ["Budget", "Fill", "Shape", "needs_ranking", "plan_budget", "select_demonstrations"]
+
+Fill = Literal["rank", "uniform"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +34,7 @@ class Budget:
     demonstrations: int
     question: int
     kept: tuple[int, ...]  # indices of demonstrations the coarse pass kept, original order
+    demo_budgets: tuple[int, ...] = ()  # per kept demonstration (same order as ``kept``)
 
 
 def select_demonstrations(
@@ -33,7 +43,7 @@ def select_demonstrations(
     """Greedy by score (higher first, index breaks ties): keep each demonstration that fits
     ``budget``; then, if fewer than ``floor`` tokens were kept (the token-level pass needs at
     least its own budget to choose from), add the next best ones until they are."""
-    order = sorted(range(len(costs)), key=lambda i: (-scores[i], i))
+    order = _rank_order(scores)
     kept: list[int] = []
     used = 0
     for i in order:
@@ -49,6 +59,39 @@ def select_demonstrations(
     return tuple(sorted(kept))
 
 
+def _rank_order(scores: Sequence[float]) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+
+
+def _fill_in_rank_order(
+    costs: Sequence[int], scores: Sequence[float], kept: Sequence[int], budget: int
+) -> dict[int, int]:
+    """Whole demonstrations in rank order; the first that does not fit gets what is left."""
+    out: dict[int, int] = {}
+    left = budget
+    for i in _rank_order(scores):
+        if left <= 0:
+            break
+        if i not in kept:
+            continue
+        out[i] = min(costs[i], left)
+        left -= out[i]
+    return out
+
+
+def _spread(costs: Sequence[int], kept: Sequence[int], budget: int) -> dict[int, int]:
+    """The same rate for every kept demonstration (cumulative rounding: sums to ``budget``)."""
+    whole = sum(costs[i] for i in kept)
+    out: dict[int, int] = {}
+    seen = given = 0
+    for i in kept:
+        seen += costs[i]
+        share = math.floor(budget * seen / whole + 0.5) if whole else 0
+        out[i] = share - given
+        given = share
+    return out
+
+
 @dataclass(frozen=True)
 class Shape:
     """Component sizes (target tokens) and the requested rates."""
@@ -59,7 +102,8 @@ class Shape:
     question_tokens: int
     instruction_rate: float = 1.0
     question_rate: float = 1.0
-    granularity_k: float = 2.0
+    granularity_k: float = 1.0
+    fill: Fill = "rank"
 
     def demo_rate(self) -> float:
         """τ_dems: what is left for demonstrations once instruction and question have theirs."""
@@ -105,4 +149,10 @@ def plan_budget(shape: Shape, demo_scores: Sequence[float] | None) -> Budget:
     ins = min(l_ins, math.floor(tau_ins * l_ins + 0.5))
     que = min(l_que, math.floor(tau_que * l_que + 0.5))
     dem = min(sum(demo_tokens[i] for i in kept), max(0, total - ins - que))
-    return Budget(total, ins, dem, que, kept)
+    if shape.fill == "rank" and demo_scores is not None:
+        shares = _fill_in_rank_order(demo_tokens, demo_scores, kept, dem)
+        # Demonstrations the fill never reached are dropped whole, not cut to nothing.
+        kept = tuple(i for i in kept if shares.get(i, 0) > 0 or demo_tokens[i] == 0)
+    else:
+        shares = _spread(demo_tokens, kept, dem)
+    return Budget(total, ins, dem, que, kept, tuple(shares.get(i, 0) for i in kept))

@@ -11,7 +11,7 @@ import tiktoken
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from proxy.compress.budget import Budget, Shape, needs_ranking, plan_budget
+from proxy.compress.budget import Budget, Fill, Shape, needs_ranking, plan_budget
 from proxy.compress.itpc import Piece, compress_pieces
 from proxy.compress.lm import load_causal_lm
 from proxy.compress.protect import ProtectRules, apply_rules
@@ -26,7 +26,7 @@ __all__ = ["CompressionResult", "Compressor"]
 _RESTRICT = "\nWe can get the answer to this question in the given documents."
 # Inputs this short are returned as they are: any output is within the ±8-token tolerance.
 _TINY = 8
-_INS, _DEM, _QUE = 0, 1, 2
+_INS, _QUE, _DEMS = 0, 1, 2  # ITPC components; kept demonstration j is _DEMS + j
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ class Compressor:
         target_model: str | None = None,
         target_tokens: int | None = None,
         segment_tokens: int = 128,
-        granularity_k: float = 2.0,
+        granularity_k: float = 1.0,
+        fill: Fill = "rank",
         protect: ProtectRules | None = None,
         keep_line_breaks: bool = True,
         coarse_tokens: int | None = 128,
@@ -150,6 +151,7 @@ class Compressor:
                     question_aware,
                     segment_tokens,
                     granularity_k,
+                    fill,
                     keep_line_breaks,
                     encoding,
                     coarse_tokens,
@@ -192,6 +194,7 @@ class Compressor:
         question_aware: bool,
         segment_tokens: int,
         granularity_k: float,
+        fill: Fill,
         keep_line_breaks: bool,
         encoding: tiktoken.Encoding,
         coarse_tokens: int | None,
@@ -205,6 +208,7 @@ class Compressor:
             instruction_rate=instruction_rate,
             question_rate=question_rate,
             granularity_k=granularity_k,
+            fill=fill,
         )
         encs: list[Encoded | None] = [None] * len(prep.units)
         coarse: list[FloatArray | None] = [None] * len(prep.units)
@@ -217,13 +221,16 @@ class Compressor:
             coarse[1:-1] = demo_nll
         budget = plan_budget(shape, scores)
         order = [0, *(1 + i for i in budget.kept), n_demos + 1]
-        pieces, where = self._pieces(prep, order, encs, coarse, keep_line_breaks)
-        comp_budget = (budget.instruction, budget.demonstrations, budget.question)
-        comp_len = (lengths[0], sum(lengths[1 + i] for i in budget.kept), lengths[-1])
-        forced_cost = [0, 0, 0]
+        # ITPC components: instruction, question, then each kept demonstration on its own.
+        comp_of = {0: _INS, n_demos + 1: _QUE}
+        comp_of.update({1 + i: _DEMS + j for j, i in enumerate(budget.kept)})
+        comp_budget = [budget.instruction, budget.question, *budget.demo_budgets]
+        comp_len = [lengths[0], lengths[-1], *(lengths[1 + i] for i in budget.kept)]
+        pieces, where = self._pieces(prep, order, encs, coarse, keep_line_breaks, comp_of)
+        forced_cost = [0] * len(comp_budget)
         for p in pieces:
             forced_cost[p.component] += int(p.costs[p.forced].sum())
-        free_budgets = [max(0, comp_budget[c] - forced_cost[c]) for c in range(3)]
+        free_budgets = [max(0, b - f) for b, f in zip(comp_budget, forced_cost, strict=True)]
         decision = compress_pieces(self._scorer, pieces, free_budgets, segment_tokens)
         adjustable = [
             ~p.forced
@@ -258,8 +265,8 @@ class Compressor:
         encs: Sequence[Encoded | None],
         coarse: Sequence[FloatArray | None],
         keep_line_breaks: bool,
+        comp_of: Mapping[int, int],
     ) -> tuple[list[Piece], list[int]]:
-        last = len(prep.units) - 1
         pieces: list[Piece] = []
         where: list[int] = []
         for idx in order:
@@ -269,8 +276,7 @@ class Compressor:
             kinds = units.kinds
             forced = (kinds == PROTECTED) | ((kinds == BREAK) & keep_line_breaks)
             enc = encs[idx] or self._scorer.encode(units.text)
-            component = _INS if idx == 0 else _QUE if idx == last else _DEM
-            pieces.append(Piece(component, units, enc, prep.costs[idx], forced, coarse[idx]))
+            pieces.append(Piece(comp_of[idx], units, enc, prep.costs[idx], forced, coarse[idx]))
             where.append(idx)
         return pieces, where
 
