@@ -7,23 +7,32 @@ through the head at all. Sequences longer than the model context are scored in
 overlapping sliding windows. ``Stream`` carries a ``DynamicCache`` of the
 already-compressed prefix for the iterative (ITPC) stage.
 
-Everything here is per call: a ``Scorer`` holds only the model and tokenizer, so
-one instance serves many threads.
+Every forward is a job (``proxy.compress.forward``) run in a padded shape fixed by its
+own lengths. With a ``batcher`` (``proxy.compress.batching.BatchEngine``) the jobs of
+concurrent requests share forwards in the batcher's thread; without one they run in
+the calling thread. The results are the same bytes either way.
+
+Everything here is per call: a ``Scorer`` holds only the model, the tokenizer and the
+(thread-safe) batcher, so one instance serves many threads.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["Encoded", "Scorer", "Stream"]
+from proxy.compress.batching import Job
+from proxy.compress.forward import ScoreJob, StepJob, StepResult, WindowJob, run_local
+
+__all__ = ["Batcher", "Encoded", "Scorer", "Stream"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -38,6 +47,12 @@ def _cache_kwarg(model_type: Any) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+class Batcher(Protocol):
+    """Runs jobs, batched with other callers' jobs; see ``proxy.compress.batching``."""
+
+    def submit_many(self, jobs: Sequence[Job[Any]]) -> list[Future[Any]]: ...
+
+
 @dataclass(frozen=True)
 class Encoded:
     ids: IntArray  # scoring-token ids, no special tokens
@@ -48,6 +63,7 @@ class Encoded:
 class Scorer:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+    batcher: Batcher | None = None
 
     @property
     def device(self) -> torch.device:
@@ -94,9 +110,12 @@ class Scorer:
         ids: torch.Tensor,
         mask: torch.Tensor | None = None,
         cache: DynamicCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         base: Any = self.model.base_model
-        kwargs = {_cache_kwarg(type(base)): cache}
+        kwargs: dict[str, Any] = {_cache_kwarg(type(base)): cache}
+        if positions is not None:
+            kwargs["position_ids"] = positions
         out = base(input_ids=ids, attention_mask=mask, use_cache=cache is not None, **kwargs)
         hidden: torch.Tensor = out.last_hidden_state
         return hidden
@@ -127,69 +146,43 @@ class Scorer:
         they are not put through the output head and not returned.
         """
         skips = list(skip) if skip is not None else [0] * len(seqs)
-        results: list[FloatArray | None] = [None] * len(seqs)
-        short = [i for i, s in enumerate(seqs) if 0 < len(s) < self.context]
+        jobs: list[Job[FloatArray]] = []
+        where: list[int] = []
+        results = [np.zeros(0, np.float32) for _ in seqs]
         for i, s in enumerate(seqs):
-            if len(s) == 0:
-                results[i] = np.zeros(0, np.float32)
-            elif len(s) >= self.context:
-                results[i] = self._score_windowed(s)[skips[i] :]
-        for batch in self._batches([len(seqs[i]) for i in short]):
-            members = [short[j] for j in batch]
-            scored = self._score_batch([seqs[i] for i in members], [skips[i] for i in members])
-            for i, nll in zip(members, scored, strict=True):
-                results[i] = nll
-        return [r if r is not None else np.zeros(0, np.float32) for r in results]
+            if len(s) >= self.context:
+                jobs.append(WindowJob(self, s))
+            elif len(s):
+                jobs.append(ScoreJob(self, s, skips[i]))
+            else:
+                continue
+            where.append(i)
+        for i, job, nll in zip(where, jobs, self.run(jobs), strict=True):
+            results[i] = nll[skips[i] :] if isinstance(job, WindowJob) else nll
+        return results
 
-    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Group sequences of similar length into padded batches (sorted, stable).
+    def run(self, jobs: Sequence[Job[Any]]) -> list[Any]:
+        """Results of ``jobs``, through the batcher when there is one."""
+        if not jobs:
+            return []
+        if self.batcher is None:
+            return run_local(jobs, self._local_budget)
+        return [f.result() for f in self.batcher.submit_many(jobs)]
 
-        On CPU padding is wasted work, so a batch may carry at most 15% of it (prefix-
-        truncated demonstrations are nearly equal in length and batch well); on GPU one
-        big batch beats many small ones, so only a token budget applies.
-        """
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-        gpu = self.device.type != "cpu"
-        budget, waste = (32768, 1.0) if gpu else (4096, 0.15)
-        batches: list[list[int]] = []
-        current: list[int] = []
-        real = 0
-        for i in order:
-            width = lengths[i] + 1  # sorted: the newcomer is the longest
-            padded = (len(current) + 1) * width
-            if current and (padded > budget or padded - (real + width) > waste * padded):
-                batches.append(current)
-                current, real = [], 0
-            current.append(i)
-            real += width
-        if current:
-            batches.append(current)
-        return batches
+    @property
+    def _local_budget(self) -> int:
+        # Padded tokens per forward without a batcher: one big batch on a GPU; on a CPU
+        # a few thousand keep activations in cache.
+        return 4096 if self.device.type == "cpu" else 32768
 
     def _score_batch(
         self, seqs: Sequence[IntArray], skips: Sequence[int] | None = None
     ) -> list[FloatArray]:
-        skips = list(skips) if skips is not None else [0] * len(seqs)
-        width = max(len(s) for s in seqs) + 1
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        wanted = torch.zeros((len(seqs), width - 1), dtype=torch.bool)
-        for row, s in enumerate(seqs):
-            ids[row, 0] = self.start_id
-            ids[row, 1 : len(s) + 1] = torch.from_numpy(s)
-            mask[row, : len(s) + 1] = 1
-            wanted[row, skips[row] : len(s)] = True
-        dev = self.device
-        ids, mask = ids.to(dev), mask.to(dev)
-        hidden = self._hidden(ids, mask if len(seqs) > 1 else None)
-        valid = wanted.to(dev)
-        nll = self.head_nll(hidden[:, :-1][valid], ids[:, 1:][valid]).cpu().numpy()
-        out: list[FloatArray] = []
-        pos = 0
-        for s, k in zip(seqs, skips, strict=True):
-            n = max(0, len(s) - k)
-            out.append(nll[pos : pos + n].astype(np.float32))
-            pos += n
+        """Score short sequences (each below the context) in the calling thread."""
+        ks = list(skips) if skips is not None else [0] * len(seqs)
+        out: list[FloatArray] = run_local(
+            [ScoreJob(self, s, k) for s, k in zip(seqs, ks, strict=True)], self._local_budget
+        )
         return out
 
     def _score_windowed(self, seq: IntArray) -> FloatArray:
@@ -235,6 +228,7 @@ class Stream:
         """
         sc = self.scorer
         prefix_ids = append.tolist()
+        past: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
         if (
             self.cache is None
             or len(self.in_cache) + len(prefix_ids) + len(segment) + 1 > sc.context
@@ -242,33 +236,26 @@ class Stream:
             # Start over on the tail of the compressed text (a sliding window over the prefix).
             keep = max(0, sc.context // 2 - len(segment))
             tail = (self.in_cache + prefix_ids)[-keep:] if keep else []
-            self.cache = DynamicCache(config=sc.model.config)
             self.in_cache = []
             prefix_ids = [sc.start_id, *tail]
             extended = tail
         else:
+            past = tuple((layer.keys, layer.values) for layer in self.cache.layers)
             extended = prefix_ids
-        inputs = torch.tensor([*prefix_ids, *segment.tolist()], dtype=torch.long, device=sc.device)
-        hidden = sc._hidden(inputs[None], cache=self.cache)[0]
-        n_prefix = len(prefix_ids)
-        prev = (
-            torch.cat([self.last_hidden[None], hidden], 0) if self.last_hidden is not None else None
+        inputs = np.asarray([*prefix_ids, *segment.tolist()], dtype=np.int64)
+        if not len(inputs):
+            return np.zeros(0, np.float32)
+        job = StepJob(
+            sc,
+            past,
+            self.cache.get_seq_length() if past and self.cache is not None else 0,
+            inputs,
+            len(prefix_ids),
+            np.flatnonzero(need).astype(np.int64),
+            self.last_hidden,
         )
-        # Row r of `pred` predicts segment token r.
-        if n_prefix:
-            pred = hidden[n_prefix - 1 : n_prefix - 1 + len(segment)]
-        else:
-            assert prev is not None
-            pred = prev[: len(segment)]
-        out = np.full(len(segment), np.nan, dtype=np.float32)
-        idx = np.flatnonzero(need)
-        if idx.size:
-            sel = torch.from_numpy(idx).to(sc.device)
-            targets = torch.from_numpy(segment[idx]).to(sc.device)
-            out[idx] = sc.head_nll(pred[sel], targets).cpu().numpy()
-        if n_prefix:
-            self.last_hidden = hidden[n_prefix - 1].clone()
-        if len(segment):
-            self.cache.crop(-len(segment))  # current Cache API: negative = drop that many
+        done: StepResult = sc.run([job])[0]
+        self.cache = DynamicCache(ddp_cache_data=done.past, config=sc.model.config)
+        self.last_hidden = done.last_hidden
         self.in_cache.extend(extended)
-        return out
+        return done.nll
