@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tiktoken
@@ -16,7 +17,7 @@ from proxy.compress.itpc import Piece, compress_pieces
 from proxy.compress.lm import load_causal_lm
 from proxy.compress.protect import ProtectRules, apply_rules
 from proxy.compress.render import fit_budget, render
-from proxy.compress.scoring import Encoded, FloatArray, Scorer
+from proxy.compress.scoring import Batcher, Encoded, FloatArray, Scorer
 from proxy.compress.words import BREAK, PROTECTED, Units, segment, target_costs
 from proxy.tokens import encoding_for_model
 
@@ -82,6 +83,13 @@ class Compressor:
         self._scorer = Scorer(model, tokenizer)
         self.model_id = model_id
         return self
+
+    def with_batcher(self, batcher: Batcher | None) -> Compressor:
+        """The same model, its forwards run by ``batcher`` (``proxy.compress.batching``)
+        together with other requests' forwards; the outputs are the same bytes."""
+        other = copy.copy(self)
+        other._scorer = replace(self._scorer, batcher=batcher)
+        return other
 
     @property
     def device(self) -> torch.device:
