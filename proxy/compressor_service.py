@@ -5,6 +5,11 @@ it happens in a thread at start-up while the proxy already serves: requests that
 before it is ready are forwarded uncompressed (skip reason ``compressor_loading``) and
 ``/readyz`` reports ``loading``. A model that cannot be loaded is reported as ``down``
 and every request fails open (``compressor_unavailable``).
+
+With ``batching`` (``Batching``; on by default on a GPU), every compression still runs in
+its own worker thread, but their model forwards go through one ``BatchEngine`` thread
+that runs concurrent requests' forwards together; the executor then gets as many workers
+as it admits pending jobs, so everything admitted can share a batch.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from proxy.compress.batching import BatchEngine, BatchSettings, BatchStats
 from proxy.executor import BoundedExecutor
 
 if TYPE_CHECKING:
     from proxy.compress import CompressionResult, ProtectRules
 
-__all__ = ["CompressionEngine", "CompressorService", "default_deadline_ms"]
+__all__ = ["Batching", "CompressionEngine", "CompressorService", "default_deadline_ms"]
 
 # Default per-request compression deadlines. On CPU the bound is "a 1,000-token prompt
 # compresses on 2 busy cores" (measured up to ~25 s, longer prompts ~50 s); on a GPU a
@@ -31,6 +38,7 @@ _GPU_DEADLINE_MS = 2_000
 
 def default_deadline_ms(device_type: str) -> int:
     return _CPU_DEADLINE_MS if device_type == "cpu" else _GPU_DEADLINE_MS
+
 
 _log = logging.getLogger("linguagate.compressor")
 T = TypeVar("T")
@@ -63,6 +71,19 @@ class CompressionEngine(Protocol):
     def mean_nll(self, text: str) -> float: ...
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Cross-request batching of model forwards. ``mode`` auto: only when the model is on a GPU
+    (on a CPU a batch costs what its rows cost one by one, and interleaving requests only
+    delays each of them)."""
+
+    mode: Literal["auto", "on"] = "auto"
+    settings: BatchSettings = BatchSettings()
+
+    def applies(self, device_type: str) -> bool:
+        return self.mode == "on" or device_type != "cpu"
+
+
 class CompressorService:
     """Owns the engine (once loaded) and the executor every compression runs in."""
 
@@ -73,6 +94,7 @@ class CompressorService:
         max_workers: int = 1,
         max_pending: int = 32,
         description: str = "compressor",
+        batching: Batching | None = None,
     ) -> None:
         self._load = load
         self._engine: CompressionEngine | None = None
@@ -82,12 +104,16 @@ class CompressorService:
         self._start_lock = threading.Lock()
         self._description = description
         self.executor = BoundedExecutor(max_workers=max_workers, max_pending=max_pending)
+        self._batching = batching
+        # Built now (no thread until the first forward): loading may attach it to the engine.
+        self._batcher = BatchEngine(batching.settings) if batching is not None else None
+        self._batched = False
 
     @classmethod
-    def ready(cls, engine: CompressionEngine, **kwargs: int) -> CompressorService:
+    def ready(cls, engine: CompressionEngine, **kwargs: Any) -> CompressorService:
         """A service around an engine that is already loaded (tests, embedding)."""
-        service = cls(lambda: engine, **kwargs)  # type: ignore[arg-type]
-        service._engine = engine
+        service = cls(lambda: engine, **kwargs)
+        service._engine = service._attach(engine)
         service._started = True
         service._ready.set()
         return service
@@ -104,7 +130,7 @@ class CompressorService:
         started = time.perf_counter()
         _log.info("loading %s ...", self._description)
         try:
-            self._engine = self._load()
+            self._engine = self._attach(self._load())
         except Exception as exc:  # reported on /readyz; requests fail open
             self._error = f"{type(exc).__name__}: {exc}"
             _log.error("compressor failed to load: %s", self._error)
@@ -113,6 +139,32 @@ class CompressorService:
             _log.info("compressor ready: %s (%.1f s)", self._engine.model_id, elapsed)
         finally:
             self._ready.set()
+
+    def _attach(self, engine: CompressionEngine) -> CompressionEngine:
+        """The engine whose forwards go through the batcher, when batching applies to it."""
+        attach = getattr(engine, "with_batcher", None)
+        if self._batching is None or attach is None:
+            return engine
+        if not self._batching.applies(str(getattr(engine.device, "type", engine.device))):
+            return engine
+        batched: CompressionEngine = attach(self._batcher)
+        self.executor.resize(max(self.executor.max_workers, self.executor.max_pending))
+        self._batched = True
+        return batched
+
+    @property
+    def batch_stats(self) -> BatchStats | None:
+        """The batch engine's counters while batching is in use, else None."""
+        return self._batcher.stats() if self._batched and self._batcher is not None else None
+
+    def peak_gpu_bytes(self) -> int | None:
+        """Peak GPU memory allocated by this process (torch's counter), None off a GPU."""
+        engine = self._engine
+        if engine is None or str(getattr(engine.device, "type", "cpu")) != "cuda":
+            return None
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(engine.device))
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
@@ -125,12 +177,25 @@ class CompressorService:
     def status(self) -> tuple[str, str | None]:
         """("ok" | "idle" | "loading" | "down", detail) for ``/readyz``."""
         if self._engine is not None:
-            return "ok", self._engine.model_id
+            return "ok", self._describe(self._engine.model_id)
         if not self._started:
             return "idle", "loads when a policy first needs it"
         if not self._ready.is_set():
             return "loading", self._description
         return "down", self._error
+
+    def _describe(self, model_id: str) -> str:
+        notes = []
+        stats = self.batch_stats
+        if stats is not None:
+            notes.append(
+                f"batching: {stats.forwards} forwards, {stats.mean_rows:.1f} requests each, "
+                f"{stats.rejected} refused"
+            )
+        peak = self.peak_gpu_bytes()
+        if peak is not None:
+            notes.append(f"peak GPU memory {peak / 2**20:.0f} MiB")
+        return f"{model_id} ({'; '.join(notes)})" if notes else model_id
 
     async def run(
         self,
@@ -139,7 +204,17 @@ class CompressorService:
         deadline_s: float | None,
         on_late_result: Callable[[T], object] | None = None,
     ) -> T:
+        batcher = self._batcher
+        if self._batched and batcher is not None:
+            plain = fn
+
+            def fn() -> T:
+                with batcher.client():  # lets the engine stop waiting once all are waiting
+                    return plain()
+
         return await self.executor.run(fn, deadline_s=deadline_s, on_late_result=on_late_result)
 
     def close(self) -> None:
         self.executor.shutdown()
+        if self._batcher is not None:
+            self._batcher.close()

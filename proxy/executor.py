@@ -41,6 +41,7 @@ class BoundedExecutor:
             max_workers=max_workers, thread_name_prefix="linguagate-compress"
         )
         self._max_pending = max_pending
+        self._workers = max_workers
         self._pending = 0
         self._lock = threading.Lock()
         self._late_tasks: set[asyncio.Future[Any]] = set()
@@ -52,6 +53,28 @@ class BoundedExecutor:
     @property
     def max_pending(self) -> int:
         return self._max_pending
+
+    @property
+    def max_workers(self) -> int:
+        return self._workers
+
+    def resize(self, max_workers: int) -> None:
+        """Use ``max_workers`` threads from now on (jobs already submitted finish where they are).
+
+        With a batch engine, a worker spends most of its time waiting for batched forwards,
+        so there must be as many workers as compressions that should share a batch.
+        """
+        if max_workers < 1:
+            raise ValueError("max_workers must be >= 1")
+        if max_workers == self._workers:
+            return
+        with self._lock:
+            old = self._pool
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max_workers, thread_name_prefix="linguagate-compress"
+            )
+            self._workers = max_workers
+        old.shutdown(wait=False)
 
     async def run(
         self,
@@ -65,11 +88,11 @@ class BoundedExecutor:
             if self._pending >= self._max_pending:
                 raise QueueFull(f"{self._pending} compression jobs pending")
             self._pending += 1
-        try:
-            future = self._pool.submit(fn)
-        except BaseException:
-            self._release(None)
-            raise
+            try:
+                future = self._pool.submit(fn)  # under the lock: `resize` may swap the pool
+            except BaseException:
+                self._pending -= 1
+                raise
         future.add_done_callback(self._release)
         wrapped = asyncio.wrap_future(future)
         try:
@@ -96,5 +119,3 @@ class BoundedExecutor:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
