@@ -32,6 +32,7 @@ _LOCAL = "local"
 _COMPRESSION_FLAGS = (
     "compressor_model", "device", "compress_workers", "compress_queue", "torch_threads",
     "cache_ttl_s",
+    "compress_batching", "compress_batch_tokens", "compress_batch_wait_ms", "compress_batch_queue",
 )
 
 
@@ -119,6 +120,18 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--torch-threads", type=int, metavar="N",
                        help="torch intra-op threads on CPU, 0 = torch's default "
                        "(LINGUAGATE_TORCH_THREADS, default 1)")
+    serve.add_argument("--compress-batching", choices=["auto", "on", "off"],
+                       help="run concurrent compressions' model forwards in shared batches "
+                       "(LINGUAGATE_COMPRESS_BATCHING, default auto: on a GPU only)")
+    serve.add_argument("--compress-batch-tokens", type=int, metavar="N",
+                       help="padded tokens per batched forward (LINGUAGATE_COMPRESS_BATCH_TOKENS, "
+                       "default 32768)")
+    serve.add_argument("--compress-batch-wait-ms", type=float, metavar="MS",
+                       help="longest wait for more work before a forward "
+                       "(LINGUAGATE_COMPRESS_BATCH_WAIT_MS, default 2)")
+    serve.add_argument("--compress-batch-queue", type=int, metavar="N",
+                       help="forwards waiting before failing open with queue_full "
+                       "(LINGUAGATE_COMPRESS_BATCH_QUEUE, default 4096)")
     serve.add_argument("--cache-ttl", dest="cache_ttl_s", type=int, metavar="S",
                        help="compression cache TTL (LINGUAGATE_CACHE_TTL, default 604800)")
     serve.add_argument(

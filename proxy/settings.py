@@ -24,6 +24,10 @@ to each worker process (every worker builds its own app from its environment).
 | compress_workers   | --compress-workers | LINGUAGATE_COMPRESS_WORKERS   | 1                |
 | compress_queue     | --compress-queue   | LINGUAGATE_COMPRESS_QUEUE     | 32               |
 | torch_threads      | --torch-threads    | LINGUAGATE_TORCH_THREADS      | 1 (0: torch's)   |
+| compress_batching  | --compress-batching | LINGUAGATE_COMPRESS_BATCHING | auto (GPU: on)   |
+| compress_batch_tokens | --compress-batch-tokens | LINGUAGATE_COMPRESS_BATCH_TOKENS | 32768 |
+| compress_batch_wait_ms | --compress-batch-wait-ms | LINGUAGATE_COMPRESS_BATCH_WAIT_MS | 2 |
+| compress_batch_queue | --compress-batch-queue | LINGUAGATE_COMPRESS_BATCH_QUEUE | 4096 |
 | cache_ttl_s        | --cache-ttl        | LINGUAGATE_CACHE_TTL          | 604800 (7 days)  |
 | dashboard_secret   | (none: secret)     | LINGUAGATE_DASHBOARD_SECRET   | random per serve |
 | dashboard_session_ttl_s | (none)        | LINGUAGATE_DASHBOARD_SESSION_TTL | 28800 (8 h)   |
@@ -42,6 +46,7 @@ __all__ = ["Settings", "SettingsError"]
 
 _PREFIX = "LINGUAGATE_"
 _TRANSPORTS = ("wire", "aiohttp")
+_BATCHING = ("auto", "on", "off")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -71,6 +76,12 @@ class Settings:
     compress_workers: int = 1
     compress_queue: int = 32
     torch_threads: int = 1
+    # Cross-request batching of the small LM's forwards (proxy.compress.batching), auto: on a
+    # GPU only. Tokens: padded tokens per forward; the queue counts waiting forwards.
+    compress_batching: str = "auto"
+    compress_batch_tokens: int = 32768
+    compress_batch_wait_ms: float = 2.0
+    compress_batch_queue: int = 4096
     cache_ttl_s: int = 7 * 24 * 3600
     # Signs dashboard session cookies; `serve` generates one when unset (shared by workers).
     dashboard_secret: str | None = field(default=None, repr=False)
@@ -109,6 +120,7 @@ class Settings:
             raise SettingsError(f"upstream transport must be one of {', '.join(_TRANSPORTS)}")
         if self.compress_workers < 1 or self.compress_queue < 1 or self.torch_threads < 0:
             raise SettingsError("compress workers/queue must be >= 1, torch threads >= 0")
+        _check_batching(self)
         if self.cache_ttl_s < 1:
             raise SettingsError(f"cache TTL must be >= 1 s: {self.cache_ttl_s}")
         if self.max_connections < 1:
@@ -143,6 +155,13 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (validated again)."""
         return replace(self, **changes)
+
+
+def _check_batching(s: Settings) -> None:
+    if s.compress_batching not in _BATCHING:
+        raise SettingsError(f"compress batching must be one of {', '.join(_BATCHING)}")
+    if s.compress_batch_tokens < 1 or s.compress_batch_queue < 1 or s.compress_batch_wait_ms < 0:
+        raise SettingsError("compress batch tokens/queue must be >= 1, wait >= 0 ms")
 
 
 def _env_name(field_name: str) -> str:
