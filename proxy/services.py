@@ -18,7 +18,7 @@ import httpx
 
 from proxy.accounting import Accountant
 from proxy.cache import CompressionCache, MemoryCache, RedisCache, RedisSettings, connect_redis
-from proxy.compressor_service import CompressorService
+from proxy.compressor_service import CompressorService, batching_for
 from proxy.metrics import Metrics
 from proxy.pipeline import ChatTransform, identity_transform
 from proxy.policy import PolicyStore
@@ -143,6 +143,7 @@ async def open_services(
                 max_workers=settings.compress_workers,
                 max_pending=settings.compress_queue,
                 description=settings.compressor_model or "SmolLM2-135M-Instruct (packaged)",
+                batching=batching_for(settings),
             )
         stack.callback(compressor.close)
         if needs_compressor(policies):
