@@ -26,8 +26,15 @@ from proxy.executor import BoundedExecutor
 
 if TYPE_CHECKING:
     from proxy.compress import CompressionResult, ProtectRules
+    from proxy.settings import Settings
 
-__all__ = ["Batching", "CompressionEngine", "CompressorService", "default_deadline_ms"]
+__all__ = [
+    "Batching",
+    "CompressionEngine",
+    "CompressorService",
+    "batching_for",
+    "default_deadline_ms",
+]
 
 # Default per-request compression deadlines. On CPU the bound is "a 1,000-token prompt
 # compresses on 2 busy cores" (measured up to ~25 s, longer prompts ~50 s); on a GPU a
@@ -82,6 +89,20 @@ class Batching:
 
     def applies(self, device_type: str) -> bool:
         return self.mode == "on" or device_type != "cpu"
+
+
+def batching_for(settings: Settings) -> Batching | None:
+    """The batching that ``--compress-batching`` and its companions ask for (None: off)."""
+    if settings.compress_batching == "off":
+        return None
+    return Batching(
+        mode="on" if settings.compress_batching == "on" else "auto",
+        settings=BatchSettings(
+            max_batch_tokens=settings.compress_batch_tokens,
+            max_wait_ms=settings.compress_batch_wait_ms,
+            max_queue=settings.compress_batch_queue,
+        ),
+    )
 
 
 class CompressorService:
