@@ -6,4 +6,5 @@ pytest_plugins: list[str] = [
     "tests.support.proxy",
     "tests.support.tiny_lm",
     "tests.support.compression",
+    "tests.support.browser",
 ]
