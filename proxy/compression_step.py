@@ -23,6 +23,7 @@ from typing import Any
 from starlette.datastructures import Headers
 
 from proxy.cache import CompressionCache
+from proxy.compressor_pool import CompressorPool
 from proxy.compressor_service import CompressionEngine, CompressorService, default_deadline_ms
 from proxy.executor import DeadlineExceeded, QueueFull
 from proxy.ledger import UsageRecord
@@ -106,11 +107,27 @@ class _Decision:
 
 
 class CompressionStep:
-    """Callable as ``ChatTransform``; one per app, stateless per request."""
+    """Callable as ``ChatTransform``; one per app, stateless per request.
 
-    def __init__(self, service: CompressorService, cache: CompressionCache) -> None:
+    ``service`` runs the default engine; a policy naming its own ``model`` is served by
+    ``pool`` (without a pool such a policy fails open: ``compressor_unavailable``).
+    """
+
+    def __init__(self, service: CompressorService, cache: CompressionCache,
+                 pool: CompressorPool | None = None) -> None:
         self._service = service
         self._cache = cache
+        self._pool = pool
+
+    def _service_for(self, policy: CompressionPolicy) -> CompressorService | None:
+        if policy.model is None:
+            return self._service
+        if self._pool is None:
+            return None
+        try:
+            return self._pool.service_for(policy.model)
+        except RuntimeError:  # closing down
+            return None
 
     async def __call__(self, raw: bytes, body: dict[str, Any], tenant: Tenant,
                        request_headers: Headers) -> PipelineOutcome:
@@ -139,9 +156,10 @@ class CompressionStep:
             return _Decision("skipped", "model_not_in_policy")
         if original < policy.min_tokens:
             return _Decision("skipped", "below_min_tokens")
-        engine = self._service.engine
-        if engine is None:
-            state, _ = self._service.status
+        service = self._service_for(policy)
+        engine = service.engine if service is not None else None
+        if service is None or engine is None:
+            state = service.status[0] if service is not None else "down"
             return _Decision("skipped", "compressor_loading" if state == "loading"
                              else "compressor_unavailable")
         started = time.perf_counter()
@@ -150,8 +168,8 @@ class CompressionStep:
         if not plan.units:
             return _Decision("skipped", "nothing_to_compress")
         deadline_ms = policy.max_compression_ms or default_deadline_ms(_device_type(engine))
-        results, hits, reason = await self._results(engine, plan, policy, components.model,
-                                                    deadline_ms / 1000)
+        results, hits, reason = await self._results(service, engine, plan, policy,
+                                                    components.model, deadline_ms / 1000)
         ms = (time.perf_counter() - started) * 1000
         cache = "hit" if hits == len(plan.units) else "miss" if hits == 0 else "partial"
         misses = len(plan.units) - hits
@@ -177,8 +195,8 @@ class CompressionStep:
                          forwarded_tokens, cache, ms, hits, misses)
 
     async def _results(
-        self, engine: CompressionEngine, plan: Plan, policy: CompressionPolicy,
-        model: str | None, deadline_s: float,
+        self, service: CompressorService, engine: CompressionEngine, plan: Plan,
+        policy: CompressionPolicy, model: str | None, deadline_s: float,
     ) -> tuple[dict[str, UnitResult] | None, int, str | None]:
         keys = [u.key for u in plan.units]
         cached = await self._cache.get_many(keys)
@@ -201,7 +219,7 @@ class CompressionStep:
             await self._cache.set_many({k: v.dumps() for k, v in fresh.items()})
 
         try:
-            fresh = await self._service.run(job, deadline_s=deadline_s, on_late_result=store)
+            fresh = await service.run(job, deadline_s=deadline_s, on_late_result=store)
         except QueueFull:
             return None, hits, "queue_full"
         except DeadlineExceeded:

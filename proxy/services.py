@@ -8,6 +8,7 @@ own. Tests and the integration step pass their own pieces (a mock transport, a c
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import httpx
 
 from proxy.accounting import Accountant
 from proxy.cache import CompressionCache, MemoryCache, RedisCache, RedisSettings, connect_redis
+from proxy.compressor_pool import CompressorPool
 from proxy.compressor_service import CompressorService, batching_for
 from proxy.metrics import Metrics
 from proxy.pipeline import ChatTransform, identity_transform
@@ -26,6 +28,7 @@ from proxy.settings import Settings
 from proxy.upstream import UpstreamClient
 
 if TYPE_CHECKING:
+    from proxy.alignment.capture import CaptureWriter
     from proxy.compressor_service import CompressionEngine
     from proxy.ledger import Ledger
 
@@ -69,6 +72,9 @@ class Services:
     compressor: CompressorService | None = None
     cache: CompressionCache | None = None
     metrics: Metrics | None = None
+    # Opt-in pair capture for alignment (`[alignment] capture = true` tenants); see
+    # proxy.alignment.capture. None: never captures.
+    capture: CaptureWriter | None = None
 
 
 def needs_compressor(policies: PolicyStore) -> bool:
@@ -78,6 +84,16 @@ def needs_compressor(policies: PolicyStore) -> bool:
         if any(mode != "off" for mode in modes):
             return True
     return False
+
+
+def policy_models(policies: PolicyStore) -> list[str]:
+    """The small LMs named by compressing policies (`[compression] model = ...`)."""
+    names: list[str] = []
+    for tenant in policies.current.tenants:
+        for policy in (tenant.compression, *(p for _, p in tenant.model_policies)):
+            if policy.mode != "off" and policy.model is not None:
+                names.append(policy.model)
+    return list(dict.fromkeys(names))
 
 
 def _load_engine(settings: Settings) -> CompressionEngine:
@@ -149,10 +165,18 @@ async def open_services(
         if needs_compressor(policies):
             compressor.start()
         all_probes.setdefault("model", _model_probe(compressor, policies))
+        pool = _pool(settings, compressor)
+        stack.callback(pool.close)
+        pool.ensure(policy_models(policies))
+        all_probes.setdefault("models", _pool_probe(pool, policies))
+        from proxy.alignment.capture import CaptureWriter
+
+        capture = CaptureWriter(settings.capture_dir)
+        stack.push_async_callback(asyncio.to_thread, capture.close)
         if chat_transform is None:
             from proxy.compression_step import CompressionStep
 
-            chat_transform = CompressionStep(compressor, cache)
+            chat_transform = CompressionStep(compressor, cache, pool)
         yield Services(
             settings=settings,
             upstream=upstream,
@@ -163,6 +187,7 @@ async def open_services(
             compressor=compressor,
             cache=cache,
             metrics=metrics,
+            capture=capture,
         )
 
 
@@ -176,6 +201,32 @@ def _model_probe(compressor: CompressorService, policies: PolicyStore) -> Probe:
             compressor.start()  # a policy reload turned compression on
             state, detail = compressor.status
         return ComponentStatus(state, required=required, detail=detail)
+
+    return probe
+
+
+def _pool(settings: Settings, default: CompressorService) -> CompressorPool:
+    def make(model: str) -> CompressorService:
+        own = settings.with_overrides(compressor_model=model)
+        return CompressorService(lambda: _load_engine(own), max_workers=settings.compress_workers,
+                                 max_pending=settings.compress_queue, description=model)
+
+    return CompressorPool(default, make, default_name=settings.compressor_model)
+
+
+def _pool_probe(pool: CompressorPool, policies: PolicyStore) -> Probe:
+    """Engines named by policies: reported (a down one fails open), never required."""
+
+    async def probe() -> ComponentStatus:
+        pool.ensure(policy_models(policies))  # a policy reload named a new model
+        states = pool.statuses()
+        if not states:
+            return ComponentStatus("not_configured")
+        worst = next((s for s in ("down", "loading", "idle") if any(
+            state == s for state, _ in states.values())), "ok")
+        detail = "; ".join(f"{name}: {state}" + (f" ({why})" if why and state != "ok" else "")
+                           for name, (state, why) in states.items())
+        return ComponentStatus(worst, detail=detail)
 
     return probe
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,7 @@ from proxy.upstream import RawHeaders, UpstreamClient
 from proxy.usage import UsageObserver
 
 if TYPE_CHECKING:
+    from proxy.alignment.capture import PendingCapture
     from proxy.ledger import Ledger
 
 __all__ = ["UpstreamRelay", "sse_relay"]
@@ -81,10 +82,48 @@ async def sse_relay(
         yield sse_error_event(exc)
 
 
-async def _observed(chunks: AsyncIterator[bytes], observer: UsageObserver) -> AsyncIterator[bytes]:
+async def _observed(
+    chunks: AsyncIterator[bytes], observers: Sequence[Callable[[bytes], None]]
+) -> AsyncIterator[bytes]:
     async for chunk in chunks:
-        observer.on_body(chunk)
+        for observe in observers:
+            observe(chunk)
         yield chunk
+
+
+def _fan_out(observers: Sequence[Callable[[bytes], None]]) -> Callable[[bytes], None] | None:
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def observe(block: bytes) -> None:
+        for fn in observers:
+            fn(block)
+
+    return observe
+
+
+def _begin_capture(scope: Scope, request: ForwardRequest) -> PendingCapture | None:
+    """A pending capture when the tenant opted in and this request is sampled (chat only).
+
+    The writer lives on the app's `Services` (lifespan state); capture must never fail a
+    request, so anything unexpected here only turns it off for this request.
+    """
+    usage = request.usage
+    services = scope.get("state", {}).get("services")
+    writer = getattr(services, "capture", None)
+    if usage is None or writer is None or services is None:
+        return None
+    try:
+        pending: PendingCapture | None = writer.begin(
+            services.policies.current, usage.tenant, request.request_id, request.content,
+            compressed=usage.outcome == "applied",
+        )
+    except Exception as exc:
+        _log.warning("capture skipped: %s (request_id=%s)", type(exc).__name__, request.request_id)
+        return None
+    return pending
 
 
 def _overhead_header(request: ForwardRequest, sent: float, received: float) -> tuple[bytes, bytes]:
@@ -101,11 +140,14 @@ class UpstreamRelay:
         self._upstream = upstream
         self._request = request
         self._completing = False
+        self._answered = False  # a 2xx answer relayed to its end
         self._event_stream = False
         self._ledger = ledger if request.usage is not None else None
         self._observer = UsageObserver() if self._ledger is not None else None
+        self._capture: PendingCapture | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._capture = _begin_capture(scope, self._request)
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.create_task(self._cancel_on_disconnect(receive, task))
@@ -122,6 +164,17 @@ class UpstreamRelay:
         finally:
             watcher.cancel()
         await self._account()
+        self._finish_capture()
+
+    def _finish_capture(self) -> None:
+        capture, self._capture = self._capture, None
+        if capture is None or not self._answered:
+            return
+        try:
+            capture.finish()
+        except Exception as exc:  # capture never fails a request
+            _log.warning("capture failed: %s (request_id=%s)", type(exc).__name__,
+                         self._request.request_id)
 
     async def _account(self) -> None:
         """Hand the request's usage record (with the upstream's own counts) to the ledger."""
@@ -166,12 +219,15 @@ class UpstreamRelay:
             await send(self._start_message(response.status, response.headers, sent))
             chunks = upstream.iter_raw(response)
             observer = self._observer
+            capture = self._capture if response.status < 300 else None
             if self._event_stream:
-                body = sse_relay(chunks, on_events=observer.on_events if observer else None)
+                on_events = [o.on_events for o in (observer, capture and capture.collector) if o]
+                body = sse_relay(chunks, on_events=_fan_out(on_events))
             else:
                 body = chunks
-                if observer is not None and response.status < 300:
-                    body = _observed(chunks, observer)
+                on_body = [o.on_body for o in (observer, capture and capture.collector) if o]
+                if on_body and response.status < 300:
+                    body = _observed(chunks, on_body)
             try:
                 async for chunk in body:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -187,6 +243,7 @@ class UpstreamRelay:
         finally:
             await response.close()
         self._completing = True
+        self._answered = response.status < 300
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _start_message(self, status: int, upstream_headers: RawHeaders, sent: float) -> Message:

@@ -1,0 +1,85 @@
+"""Several small LMs in one process: the proxy's default plus those named by policies.
+
+A policy's ``[compression] model = "path/or/hf-id"`` (e.g. a folder written by
+``linguagate align``) selects its own engine. Each engine is a
+:class:`~proxy.compressor_service.CompressorService` (own executor, loaded in a background
+thread), created on first need, and the pool holds at most ``max_engines`` of them besides
+the default, the least recently used one being closed to make room: a model is hundreds of
+megabytes, and a typo in one policy must not exhaust the process's memory. An engine that
+cannot be loaded is ``down``: its requests fail open and ``/readyz`` says why.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from proxy.compressor_service import CompressorService
+
+__all__ = ["CompressorPool"]
+
+
+class CompressorPool:
+    """Engines keyed by model name (the policy's string); ``None`` is the default engine."""
+
+    def __init__(
+        self,
+        default: CompressorService,
+        factory: Callable[[str], CompressorService],
+        *,
+        default_name: str | None = None,
+        max_engines: int = 2,
+    ) -> None:
+        if max_engines < 1:
+            raise ValueError("max_engines must be >= 1")
+        self.default = default
+        self._factory = factory
+        self._default_name = default_name
+        self._max = max_engines
+        self._services: OrderedDict[str, CompressorService] = OrderedDict()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def service_for(self, model: str | None) -> CompressorService:
+        """The service for ``model`` (created and started loading when new)."""
+        if model is None or model == self._default_name:
+            return self.default
+        evicted: CompressorService | None = None
+        with self._lock:
+            service = self._services.get(model)
+            if service is None:
+                if self._closed:
+                    raise RuntimeError("compressor pool is closed")
+                if len(self._services) >= self._max:
+                    _, evicted = self._services.popitem(last=False)
+                service = self._factory(model)
+                self._services[model] = service
+            self._services.move_to_end(model)
+        if evicted is not None:
+            evicted.close()  # in-flight work on it fails open (compressor_error)
+        service.start()
+        return service
+
+    def ensure(self, models: Iterable[str | None]) -> None:
+        """Start loading every named model now (at start-up and policy reloads), up to the bound."""
+        wanted = [m for m in dict.fromkeys(models) if m is not None and m != self._default_name]
+        for model in wanted[: self._max]:
+            with self._lock:
+                present = model in self._services
+            if not present:
+                self.service_for(model)
+
+    def statuses(self) -> dict[str, tuple[str, str | None]]:
+        """Model name -> (state, detail) of every engine besides the default."""
+        with self._lock:
+            items = list(self._services.items())
+        return {name: service.status for name, service in items}
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            services = list(self._services.values())
+            self._services.clear()
+        for service in services:
+            service.close()
