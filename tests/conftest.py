@@ -7,4 +7,5 @@ pytest_plugins: list[str] = [
     "tests.support.tiny_lm",
     "tests.support.compression",
     "tests.support.browser",
+    "tests.support.alignment",
 ]
