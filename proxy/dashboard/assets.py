@@ -22,7 +22,7 @@ button { font: inherit; padding: .4rem .9rem; border-radius: 4px; border: 1px so
          background: #0b4f9c; color: #fff; cursor: pointer; }
 header.top button { background: transparent; border-color: #fff; }
 .card { background: #fff; border: 1px solid #d5d9df; border-radius: 6px; padding: 1rem 1.25rem;
-        margin: 0 0 1.25rem; }
+        margin: 0 0 1.25rem; overflow-x: auto; }
 .signin { max-width: 420px; margin: 3rem auto; }
 .signin label { display: block; font-weight: 600; margin-bottom: .25rem; }
 .signin input { width: 100%; font: inherit; padding: .5rem; border: 1px solid #6b7280;
@@ -53,7 +53,8 @@ tbody th { white-space: nowrap; text-align: left; }
 .legend span { display: inline-block; width: .9rem; height: .9rem; vertical-align: middle;
                margin: 0 .3rem 0 .8rem; }
 .legend .orig { background: #8fa9cc; } .legend .fwd { background: #1f4e8c; }
-.grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 1.25rem; }
+.grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 1.25rem;
+         align-items: start; }
 details summary { cursor: pointer; color: #0b4f9c; }
 dl.policy { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; margin: 0; }
 dl.policy dt { font-weight: 600; }

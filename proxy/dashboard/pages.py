@@ -312,14 +312,15 @@ def tenant_page(
             _APPROX,
         )
         + "</div>"
-        '<div class="grid2"><section class="card"><table id="models"><caption>Per model'
+        '<section class="card"><table id="models"><caption>Per model'
         "</caption><thead><tr><th scope='col'>Model</th><th scope='col'>Requests</th>"
         "<th scope='col'>Original</th><th scope='col'>Forwarded</th><th scope='col'>Saved</th>"
         "<th scope='col'>$ / 1M in</th><th scope='col'>Est. $ saved</th></tr></thead>"
         f"<tbody>{model_rows}</tbody></table>{unpriced}</section>"
-        '<section class="card"><table id="skips"><caption>Skip reasons</caption><thead><tr>'
+        '<div class="grid2"><section class="card"><table id="skips">'
+        "<caption>Skip reasons</caption><thead><tr>"
         "<th scope='col'>Reason</th><th scope='col'>Requests</th></tr></thead>"
-        f"<tbody>{skip_rows}</tbody></table></section></div>"
-        f"{_policy_section(tenant)}"
+        f"<tbody>{skip_rows}</tbody></table></section>"
+        f"{_policy_section(tenant)}</div>"
     )
     return _layout(f"Tenant {s.tenant}", main, viewer)
