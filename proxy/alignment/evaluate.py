@@ -69,7 +69,7 @@ def answer_nll(model: PreTrainedModel, examples: Sequence[Example], *, pad_id: i
             total += float(loss)
             count += n
     if was_training:
-        model.train()  # type: ignore[no-untyped-call]
+        model.train()
     return total / count if count else None
 
 
@@ -95,7 +95,8 @@ class CompressedScore:
 
 def compressed_answer_nll(
     judge: PreTrainedModel, judge_tokenizer: PreTrainedTokenizerBase, pairs: Sequence[Pair],
-    compressors: Sequence[tuple[str, Callable[[Pair], Pair] | None]], *, rate_of: Callable[[Pair, Pair], float],
+    compressors: Sequence[tuple[str, Callable[[Pair], Pair] | None]], *,
+    rate_of: Callable[[Pair, Pair], float],
     max_tokens: int, batch_size: int = 4,
 ) -> list[CompressedScore]:
     """For each (label, compress-function or None for the original prompt): the judge's NLL

@@ -56,7 +56,7 @@ class Pair:
 
 
 def message_text(content: Any) -> str | None:
-    """The text of a message's ``content``: a string, or the text parts of a list (None: invalid)."""
+    """The text of a message's ``content``: a string, or a list's text parts (None: invalid)."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -146,7 +146,9 @@ def heldout_score(pair: Pair, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_holdout(pairs: Sequence[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+def split_holdout(
+    pairs: Sequence[Pair], fraction: float, seed: int
+) -> tuple[list[Pair], list[Pair]]:
     """(train, held out): a pair is held out when its seeded hash falls below ``fraction``.
 
     Hashing the content keeps a pair on the same side when files are reordered or grow.

@@ -27,8 +27,6 @@ from proxy.alignment.examples import Example, collate, encode_pairs
 from proxy.alignment.pairs import PairsError, data_sha256, read_pairs, split_holdout
 
 if TYPE_CHECKING:
-    import torch
-
     from proxy.compress.lm import LoadedLM
 
 __all__ = ["ALIGNMENT_FILE", "AlignConfig", "AlignError", "load_model", "train"]
@@ -214,7 +212,7 @@ def _loop(config: AlignConfig, model: Any, optimizer: Any, scheduler: Any,
                 total, count = token_loss(model, *collate(batch, pad, device))
             loss = total / max(1, count)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                            1.0)
             optimizer.step()

@@ -105,7 +105,8 @@ def stack(fake_upstream: FakeUpstream, tiny_compressor: Compressor, tiny_base_di
         torch.set_num_threads(threads)
 
 
-def test_opted_in_tenant_gets_json_and_streamed_pairs(stack: _Stack, upstream: FakeUpstream) -> None:
+def test_opted_in_tenant_gets_json_and_streamed_pairs(stack: _Stack,
+                                                      upstream: FakeUpstream) -> None:
     quiet = stack.client("quiet").chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Not for capture."}])
     assert quiet.choices[0].message.content == "Hello!"

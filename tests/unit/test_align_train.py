@@ -41,7 +41,8 @@ def _config(data: Path, out: Path, base: Path, **kw: Any) -> AlignConfig:
 
 
 @pytest.fixture(scope="module")
-def aligned(tiny_base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def aligned(tiny_base_dir: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     import torch
 
     torch.set_num_threads(1)
@@ -175,3 +176,16 @@ def test_eval_only_prints_the_table(aligned: tuple[Path, dict[str, Any]], tiny_b
     result = json.loads(report.read_text())
     assert result["aligned_answer_nll"] < result["base_answer_nll"]
     assert result["heldout_pairs"] == record["heldout_pairs"]
+
+
+def test_lora_adapter_is_merged_into_a_plain_folder(tiny_base_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    from proxy.compress import Compressor
+
+    data = write_pairs(tmp_path / "pairs.jsonl", 10)
+    out = tmp_path / "lora"
+    record = train(_config(data, out, tiny_base_dir, lora=True, lora_rank=4), log=_Log())
+    assert record["lora"] is True and record["lora_rank"] == 4
+    assert record["train_loss_last"] < record["train_loss_first"]
+    assert not (out / "adapter_config.json").exists()  # merged: loads like any model folder
+    assert Compressor(str(out), "cpu").model_id.startswith(str(out))
