@@ -43,6 +43,9 @@ class Job(Protocol[R]):
     @property
     def cost(self) -> int: ...  # padded tokens: the unit of ``max_batch_tokens``
 
+    @property
+    def tokens(self) -> int: ...  # tokens the forward really computes (for throughput)
+
     def run_batch(self, group: Sequence[Any]) -> Sequence[R]: ...
 
 
@@ -78,6 +81,7 @@ class BatchSettings:
 class BatchStats:
     forwards: int  # model forwards run
     jobs: int  # jobs they carried
+    tokens: int  # real tokens computed
     padded_tokens: int
     largest: int  # most jobs in one forward
     queued: int  # waiting now
@@ -107,7 +111,8 @@ class BatchEngine:
         self._clients: dict[int, int] = {}  # thread id -> open client() contexts
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._forwards = self._jobs = self._tokens = self._largest = self._rejected = 0
+        self._forwards = self._jobs = self._largest = self._rejected = 0
+        self._tokens = self._padded = 0
 
     # --- callers -----------------------------------------------------------------------
 
@@ -153,7 +158,8 @@ class BatchEngine:
             return BatchStats(
                 forwards=self._forwards,
                 jobs=self._jobs,
-                padded_tokens=self._tokens,
+                tokens=self._tokens,
+                padded_tokens=self._padded,
                 largest=self._largest,
                 queued=len(self._queue),
                 rejected=self._rejected,
@@ -228,7 +234,8 @@ class BatchEngine:
         with self._cond:
             self._forwards += 1
             self._jobs += len(jobs)
-            self._tokens += sum(j.cost for j in jobs)
+            self._tokens += sum(j.tokens for j in jobs)
+            self._padded += sum(j.cost for j in jobs)
             self._largest = max(self._largest, len(jobs))
         for entry, result in zip(chunk, results, strict=True):
             entry.future.set_result(result)

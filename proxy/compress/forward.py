@@ -37,6 +37,7 @@ __all__ = [
     "StepJob",
     "StepResult",
     "WindowJob",
+    "kv_of",
     "run_local",
     "shape_class",
 ]
@@ -64,6 +65,12 @@ def shape_class(n: int, per_octave: int) -> int:
     return -(-n // step) * step
 
 
+def kv_of(cache: DynamicCache) -> KV:
+    """Keys and values of every layer of ``cache``."""
+    layers: list[Any] = list(cache.layers)
+    return tuple((layer.keys, layer.values) for layer in layers)
+
+
 def _classes(scorer: Scorer) -> tuple[int, int]:
     return _CLASSES.get(scorer.device.type, _GPU_CLASSES)
 
@@ -87,6 +94,10 @@ class ScoreJob:
     @property
     def cost(self) -> int:
         return self.width
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids) + 1
 
     def run_batch(self, group: Sequence[Any]) -> list[FloatArray]:
         return _run_scores(self.scorer, group)
@@ -131,6 +142,10 @@ class StepJob:
     def cost(self) -> int:
         return self.past_class + self.new_class
 
+    @property
+    def tokens(self) -> int:
+        return len(self.inputs)
+
     def run_batch(self, group: Sequence[Any]) -> list[StepResult]:
         return _run_steps(self.scorer, group)
 
@@ -149,6 +164,10 @@ class WindowJob:
     @property
     def cost(self) -> int:
         return self.scorer.context
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)  # re-read overlaps not counted
 
     def run_batch(self, group: Sequence[Any]) -> list[FloatArray]:
         with torch.inference_mode():
@@ -227,7 +246,7 @@ def _run_steps(sc: Scorer, group: Sequence[StepJob]) -> list[StepResult]:
     with torch.inference_mode():
         cache = _batch_cache(sc, group, past_w)
         hidden = sc._hidden(ids.to(dev), mask.to(dev), cache=cache, positions=positions.to(dev))
-        grown = [(layer.keys, layer.values) for layer in cache.layers]
+        grown = kv_of(cache)
         del cache
         return [_step_result(sc, job, row, hidden, grown, past_w) for row, job in enumerate(group)]
 

@@ -209,6 +209,10 @@ class _Gate:
     def cost(self) -> int:
         return 1
 
+    @property
+    def tokens(self) -> int:
+        return 1
+
     def run_batch(self, group: Sequence[Any]) -> list[str]:
         self.started.set()
         self.release.wait(10)
@@ -226,6 +230,10 @@ class _Echo:
 
     @property
     def cost(self) -> int:
+        return 1
+
+    @property
+    def tokens(self) -> int:
         return 1
 
     def run_batch(self, group: Sequence[Any]) -> list[tuple[int, int]]:
