@@ -32,19 +32,17 @@ if TYPE_CHECKING:
     from proxy.compress.scoring import Scorer
 
 __all__ = [
-    "KV",
     "ScoreJob",
     "StepJob",
     "StepResult",
     "WindowJob",
-    "kv_of",
+    "as_cache",
     "run_local",
     "shape_class",
 ]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
-KV = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer: keys, values [1, heads, L, dim]
 
 # Classes per octave of length: (new tokens / sequence width, cached past). Padding costs
 # compute on a CPU, so classes are fine there; on a GPU padding is nearly free and coarse
@@ -65,10 +63,14 @@ def shape_class(n: int, per_octave: int) -> int:
     return -(-n // step) * step
 
 
-def kv_of(cache: DynamicCache) -> KV:
-    """Keys and values of every layer of ``cache``."""
-    layers: list[Any] = list(cache.layers)
-    return tuple((layer.keys, layer.values) for layer in layers)
+def as_cache(scorer: Scorer, past: torch.Tensor | None) -> DynamicCache:
+    """A ``DynamicCache`` holding a packed past (see ``StepResult.past``)."""
+    layers = (
+        [(past[i, 0, None], past[i, 1, None]) for i in range(past.shape[0])]
+        if past is not None
+        else None
+    )
+    return DynamicCache(ddp_cache_data=layers, config=scorer.model.config)
 
 
 def _classes(scorer: Scorer) -> tuple[int, int]:
@@ -106,7 +108,9 @@ class ScoreJob:
 @dataclass(frozen=True)
 class StepResult:
     nll: FloatArray  # per segment token; NaN where not needed
-    past: KV  # the request's cache, extended by its prefix tokens only
+    # The request's KV cache extended by its prefix tokens only, packed in one tensor
+    # [layers, 2 (keys, values), kv heads, tokens, head dim]: one copy per request to batch.
+    past: torch.Tensor
     last_hidden: torch.Tensor | None
 
 
@@ -119,7 +123,7 @@ class StepJob:
     """
 
     scorer: Scorer
-    past: KV
+    past: torch.Tensor | None  # packed as in ``StepResult.past``; None when empty
     past_len: int
     inputs: IntArray
     n_prefix: int
@@ -211,23 +215,19 @@ def _run_scores(sc: Scorer, group: Sequence[ScoreJob]) -> list[FloatArray]:
 
 def _batch_cache(sc: Scorer, group: Sequence[StepJob], width: int) -> DynamicCache:
     """The group's caches right-padded to ``width`` positions (pads are masked out)."""
-    config = sc.model.config
-    if width == 0:
-        return DynamicCache(config=config)
-    first = group[0]
-    if len(group) == 1 and first.past_len == width:
-        return DynamicCache(ddp_cache_data=first.past, config=config)
-    layers = []
-    for layer in range(len(first.past)):
-        k0, v0 = first.past[layer]
-        keys = k0.new_zeros((len(group), k0.shape[1], width, k0.shape[3]))
-        values = v0.new_zeros((len(group), v0.shape[1], width, v0.shape[3]))
+    first = group[0].past
+    if width == 0 or first is None:
+        return DynamicCache(config=sc.model.config)
+    if len(group) == 1 and group[0].past_len == width:
+        batch = first[:, :, None]
+    else:
+        shape = (first.shape[0], 2, len(group), first.shape[2], width, first.shape[4])
+        batch = first.new_zeros(shape)
         for row, job in enumerate(group):
-            k, v = job.past[layer]
-            keys[row, :, : job.past_len] = k[0]
-            values[row, :, : job.past_len] = v[0]
-        layers.append((keys, values))
-    return DynamicCache(ddp_cache_data=layers, config=config)
+            assert job.past is not None  # same class, width > 0: every row has a past
+            batch[:, :, row, :, : job.past_len] = job.past
+    layers = [(batch[i, 0], batch[i, 1]) for i in range(batch.shape[0])]
+    return DynamicCache(ddp_cache_data=layers, config=sc.model.config)
 
 
 def _run_steps(sc: Scorer, group: Sequence[StepJob]) -> list[StepResult]:
@@ -246,40 +246,49 @@ def _run_steps(sc: Scorer, group: Sequence[StepJob]) -> list[StepResult]:
     with torch.inference_mode():
         cache = _batch_cache(sc, group, past_w)
         hidden = sc._hidden(ids.to(dev), mask.to(dev), cache=cache, positions=positions.to(dev))
-        grown = kv_of(cache)
-        del cache
-        return [_step_result(sc, job, row, hidden, grown, past_w) for row, job in enumerate(group)]
+        most = max(job.n_prefix for job in group)
+        layers: list[Any] = list(cache.layers)
+        # [layers, 2, rows, heads, most, dim]: every row's new prefix entries, in one tensor.
+        fresh = torch.stack(
+            [
+                torch.stack(
+                    (x.keys[:, :, past_w : past_w + most], x.values[:, :, past_w : past_w + most])
+                )
+                for x in layers
+            ]
+        )
+        del cache, layers
+        nlls = [_segment_nll(sc, job, hidden[row]) for row, job in enumerate(group)]
+        flat = torch.cat([n for n, _ in nlls]).cpu().numpy() if nlls else None  # one transfer
+        out: list[StepResult] = []
+        at = 0
+        for row, (job, (part, last)) in enumerate(zip(group, nlls, strict=True)):
+            seg = len(job.inputs) - job.n_prefix
+            nll = np.full(seg, np.nan, dtype=np.float32)
+            assert flat is not None
+            nll[job.need] = flat[at : at + len(part)]
+            at += len(part)
+            mine = fresh[:, :, row, :, : job.n_prefix]
+            past = torch.cat([job.past, mine], 3) if job.past is not None else mine.clone()
+            out.append(StepResult(nll, past, last))
+        return out
 
 
-def _step_result(
-    sc: Scorer,
-    job: StepJob,
-    row: int,
-    hidden: torch.Tensor,
-    grown: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    past_w: int,
-) -> StepResult:
+def _segment_nll(
+    sc: Scorer, job: StepJob, hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """NLL of the needed segment tokens (on the device) and the new last hidden state."""
     n, p = len(job.inputs), job.n_prefix
     seg = job.inputs[p:]
-    mine = hidden[row, :n]
+    mine = hidden[:n]
     if p:
         pred = mine[p - 1 : p - 1 + len(seg)]
     else:
         assert job.last_hidden is not None
         pred = torch.cat([job.last_hidden[None], mine], 0)[: len(seg)]
-    nll = np.full(len(seg), np.nan, dtype=np.float32)
-    if job.need.size:
-        sel = torch.from_numpy(job.need).to(pred.device)
-        targets = torch.from_numpy(seg[job.need]).to(pred.device)
-        nll[job.need] = sc.head_nll(pred[sel], targets).cpu().numpy()
-    past: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for layer, (keys, values) in enumerate(grown):
-        new_k = keys[row : row + 1, :, past_w : past_w + p]
-        new_v = values[row : row + 1, :, past_w : past_w + p]
-        if job.past_len:
-            old_k, old_v = job.past[layer]
-            past.append((torch.cat([old_k, new_k], 2), torch.cat([old_v, new_v], 2)))
-        else:
-            past.append((new_k.clone(), new_v.clone()))
     last = mine[p - 1].clone() if p else job.last_hidden
-    return StepResult(nll, tuple(past), last)
+    if not job.need.size:
+        return torch.zeros(0, dtype=torch.float32, device=hidden.device), last
+    sel = torch.from_numpy(job.need).to(pred.device)
+    targets = torch.from_numpy(seg[job.need]).to(pred.device)
+    return sc.head_nll(pred[sel], targets), last

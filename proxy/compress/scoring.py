@@ -30,7 +30,14 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from proxy.compress.batching import Job
-from proxy.compress.forward import ScoreJob, StepJob, StepResult, WindowJob, run_local
+from proxy.compress.forward import (
+    ScoreJob,
+    StepJob,
+    StepResult,
+    WindowJob,
+    as_cache,
+    run_local,
+)
 
 __all__ = ["Batcher", "Encoded", "Scorer", "Stream"]
 
@@ -216,9 +223,14 @@ class Stream:
     """
 
     scorer: Scorer
-    cache: DynamicCache | None = None
+    past: torch.Tensor | None = None  # packed KV cache (see forward.StepResult.past)
     in_cache: list[int] = field(default_factory=list)  # ids the cache holds (after the start token)
     last_hidden: torch.Tensor | None = None  # hidden state of the last cached token
+
+    @property
+    def cache(self) -> DynamicCache | None:
+        """The compressed prefix's KV cache as transformers sees it (a copy; for inspection)."""
+        return as_cache(self.scorer, self.past) if self.past is not None else None
 
     def step(self, append: IntArray, segment: IntArray, need: npt.NDArray[np.bool_]) -> FloatArray:
         """Add ``append`` (kept tokens) to the prefix and return NLLs of ``segment`` given it.
@@ -228,19 +240,16 @@ class Stream:
         """
         sc = self.scorer
         prefix_ids = append.tolist()
-        past: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
-        if (
-            self.cache is None
-            or len(self.in_cache) + len(prefix_ids) + len(segment) + 1 > sc.context
-        ):
+        past = self.past
+        if past is None or len(self.in_cache) + len(prefix_ids) + len(segment) + 1 > sc.context:
             # Start over on the tail of the compressed text (a sliding window over the prefix).
             keep = max(0, sc.context // 2 - len(segment))
             tail = (self.in_cache + prefix_ids)[-keep:] if keep else []
             self.in_cache = []
             prefix_ids = [sc.start_id, *tail]
             extended = tail
+            past = None
         else:
-            past = tuple((layer.keys, layer.values) for layer in self.cache.layers)
             extended = prefix_ids
         inputs = np.asarray([*prefix_ids, *segment.tolist()], dtype=np.int64)
         if not len(inputs):
@@ -248,14 +257,14 @@ class Stream:
         job = StepJob(
             sc,
             past,
-            self.cache.get_seq_length() if past and self.cache is not None else 0,
+            int(past.shape[3]) if past is not None else 0,
             inputs,
             len(prefix_ids),
             np.flatnonzero(need).astype(np.int64),
             self.last_hidden,
         )
         done: StepResult = sc.run([job])[0]
-        self.cache = DynamicCache(ddp_cache_data=done.past, config=sc.model.config)
+        self.past = done.past
         self.last_hidden = done.last_hidden
         self.in_cache.extend(extended)
         return done.nll

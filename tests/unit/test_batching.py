@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerFast
 
 from proxy.compress import Compressor
 from proxy.compress.batching import BatchEngine, BatchSettings, Job
-from proxy.compress.forward import ScoreJob, StepJob, StepResult, kv_of, shape_class
+from proxy.compress.forward import ScoreJob, StepJob, StepResult, shape_class
 from proxy.compress.scoring import Scorer, Stream
 from proxy.compressor_service import Batching, CompressorService, batching_for
 from proxy.executor import DeadlineExceeded, QueueFull
@@ -108,8 +108,8 @@ def _stream_state(sc: Scorer, ids: np.ndarray, kept: int) -> tuple[Any, int, tor
     stream = Stream(sc)
     seg = ids[kept : kept + 8]
     stream.step(ids[:kept], seg, np.ones(len(seg), bool))
-    assert stream.cache is not None
-    return kv_of(stream.cache), stream.cache.get_seq_length(), stream.last_hidden
+    assert stream.past is not None
+    return stream.past, int(stream.past.shape[3]), stream.last_hidden
 
 
 def _step_job(sc: Scorer, seed: int, kept: int, n_prefix: int, seg: int) -> StepJob:
@@ -124,11 +124,8 @@ def _step_job(sc: Scorer, seed: int, kept: int, n_prefix: int, seg: int) -> Step
 def _same_step(a: StepResult, b: StepResult) -> bool:
     if not np.array_equal(a.nll, b.nll, equal_nan=True):
         return False
-    if len(a.past) != len(b.past):
+    if not torch.equal(a.past, b.past):
         return False
-    for (ka, va), (kb, vb) in zip(a.past, b.past, strict=True):
-        if not (torch.equal(ka, kb) and torch.equal(va, vb)):
-            return False
     return (
         a.last_hidden is not None
         and b.last_hidden is not None
@@ -152,7 +149,7 @@ def test_a_step_is_independent_of_what_it_is_batched_with(plain: Compressor) -> 
             together = me.run_batch(group)
             assert _same_step(together[group.index(me)], alone)
     # The request's cache grows by its own prefix tokens only.
-    assert alone.past[0][0].shape[2] == me.past_len + me.n_prefix
+    assert alone.past.shape[3] == me.past_len + me.n_prefix
     assert np.isnan(alone.nll[1::2]).all() and np.isfinite(alone.nll[::2]).all()
 
 
@@ -179,8 +176,8 @@ def test_caches_are_released_when_a_compression_ends(plain: Compressor) -> None:
 
     def spy(jobs: Sequence[Job[Any]]) -> list[Future[Any]]:
         for job in jobs:
-            if isinstance(job, StepJob):
-                seen.extend(weakref.ref(k) for k, _ in job.past)
+            if isinstance(job, StepJob) and job.past is not None:
+                seen.append(weakref.ref(job.past))
         return real_submit(jobs)
 
     eng.submit_many = spy  # type: ignore[method-assign]
