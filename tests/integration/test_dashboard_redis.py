@@ -122,3 +122,10 @@ def test_dashboard_reads_the_shared_ledger(
             page = client.get("/dashboard").text
             assert "Shared ledger (Redis)" in page and "This process only" not in page
             assert ">team-a</a>" in page
+            # Redis gone: an explicit "unavailable", never an empty dashboard of zeros.
+            redis_server.stop()
+            down = client.get("/dashboard")
+            assert down.status_code == 503 and "Ledger unavailable" in down.text
+            api = client.get("/dashboard/api/summary", params={"tenant": "team-a"})
+            assert api.status_code == 503 and api.headers["retry-after"] == "5"
+            assert api.json()["error"]["code"] == "ledger_unavailable"
