@@ -173,6 +173,7 @@ async def open_services(
 
         capture = CaptureWriter(settings.capture_dir)
         stack.push_async_callback(asyncio.to_thread, capture.close)
+        all_probes.setdefault("capture", _capture_probe(capture, policies))
         if chat_transform is None:
             from proxy.compression_step import CompressionStep
 
@@ -227,6 +228,19 @@ def _pool_probe(pool: CompressorPool, policies: PolicyStore) -> Probe:
         detail = "; ".join(f"{name}: {state}" + (f" ({why})" if why and state != "ok" else "")
                            for name, (state, why) in states.items())
         return ComponentStatus(worst, detail=detail)
+
+    return probe
+
+
+def _capture_probe(capture: CaptureWriter, policies: PolicyStore) -> Probe:
+    """Pairs written / dropped (queue full, over the file cap) / failed writes, when on."""
+
+    async def probe() -> ComponentStatus:
+        if not any(t.alignment.capture for t in policies.current.tenants):
+            return ComponentStatus("not_configured")
+        detail = (f"{capture.directory}: written {capture.written}, dropped {capture.dropped}, "
+                  f"write errors {capture.errors}")
+        return ComponentStatus("ok" if not capture.errors else "degraded", detail=detail)
 
     return probe
 

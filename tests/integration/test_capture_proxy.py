@@ -130,6 +130,8 @@ def test_opted_in_tenant_gets_json_and_streamed_pairs(stack: _Stack,
     assert (second["response"], second["compressed"]) == ("Hello!", False)
     # Written in order by one thread: the earlier requests would be there by now.
     assert sorted(p.name for p in stack.captures.iterdir()) == ["keen.jsonl"]
+    capture = stack.readyz()["capture"]
+    assert capture["status"] == "ok" and "dropped 0, write errors 0" in capture["detail"]
     text = (stack.captures / "keen.jsonl").read_text()
     assert key_of("keen") not in text and ORG_KEY not in text and "authorization" not in text
 
