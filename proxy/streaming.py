@@ -6,6 +6,11 @@ client connection meanwhile: when the client goes away (even while the upstream 
 thinking about a non-streaming answer) the work is cancelled and the upstream response is
 closed at once, so no orphaned generation keeps billing the organisation.
 
+Observers get copies of what was relayed, never the bytes themselves: the usage observer
+(ledger) and, for sampled requests of tenants with `[alignment] capture = true`, the answer
+collector of `proxy.alignment.capture`, whose pair is queued only once a 2xx answer was
+relayed to its end.
+
 Assumption (as in vLLM's `with_cancellation`): the request body has been read before the
 relay runs, so the next `receive()` can only report a disconnect.
 """
