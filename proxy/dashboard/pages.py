@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
+from types import MappingProxyType
 from urllib.parse import urlencode
 
 from proxy.dashboard import charts, fmt
@@ -22,23 +23,27 @@ __all__ = [
     "tenant_page",
 ]
 
-_PERIOD_NAMES = {"24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days"}
+_PERIOD_NAMES: Mapping[str, str] = MappingProxyType(
+    {"24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days"}
+)
 _APPROX = (
     "Percentiles are estimated from histogram buckets (approximate: accurate to "
     "within the bucket that holds them)."
 )
 
 # column key -> (header, value to sort by)
-SORT_KEYS: dict[str, tuple[str, Callable[[Summary], float | str]]] = {
-    "tenant": ("Tenant", lambda s: s.tenant),
-    "requests": ("Requests", lambda s: s.requests),
-    "original": ("Original tokens", lambda s: s.original_tokens),
-    "forwarded": ("Forwarded tokens", lambda s: s.forwarded_tokens),
-    "saved": ("Saved tokens", lambda s: s.saved_tokens),
-    "saved_pct": ("Saved %", lambda s: s.saved_fraction or 0.0),
-    "dollars": ("Est. $ saved", lambda s: s.dollars_saved),
-    "cache": ("Cache hit rate", lambda s: s.cache_hit_rate or 0.0),
-}
+SORT_KEYS: Mapping[str, tuple[str, Callable[[Summary], float | str]]] = MappingProxyType(
+    {
+        "tenant": ("Tenant", lambda s: s.tenant),
+        "requests": ("Requests", lambda s: s.requests),
+        "original": ("Original tokens", lambda s: s.original_tokens),
+        "forwarded": ("Forwarded tokens", lambda s: s.forwarded_tokens),
+        "saved": ("Saved tokens", lambda s: s.saved_tokens),
+        "saved_pct": ("Saved %", lambda s: s.saved_fraction or 0.0),
+        "dollars": ("Est. $ saved", lambda s: s.dollars_saved),
+        "cache": ("Cache hit rate", lambda s: s.cache_hit_rate or 0.0),
+    }
+)
 
 
 def _layout(title: str, main: str, viewer: Viewer | None) -> str:

@@ -57,15 +57,18 @@ __all__ = ["dashboard_routes"]
 
 _log = logging.getLogger("linguagate.dashboard")
 _MAX_FORM_BYTES = 8192
-_HEADERS = {
-    "cache-control": "no-store",
-    "x-content-type-options": "nosniff",
+_HEADERS: tuple[tuple[str, str], ...] = (
+    ("cache-control", "no-store"),
+    ("x-content-type-options", "nosniff"),
     # Not "no-referrer": with it, browsers send `Origin: null` on the sign-in POST.
-    "referrer-policy": "same-origin",
-    "x-frame-options": "DENY",
-    "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-}
+    ("referrer-policy", "same-origin"),
+    ("x-frame-options", "DENY"),
+    (
+        "content-security-policy",
+        "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+)
 
 
 class _Problem(Exception):
@@ -320,7 +323,7 @@ def _api_error(problem: _Problem, request: Request) -> Response:
 
 
 def _secure(response: Response) -> Response:
-    for name, value in _HEADERS.items():
+    for name, value in _HEADERS:
         response.headers.setdefault(name, value)
     return response
 
