@@ -332,11 +332,16 @@ def _html(text: str, status: int = 200) -> Response:
     return _secure(HTMLResponse(text, status_code=status))
 
 
+async def _to_dashboard(request: Request) -> Response:
+    return RedirectResponse("/dashboard", status_code=308)
+
+
 def dashboard_routes() -> list[BaseRoute]:
     """The dashboard's routes (a fresh set, with its own fallback secret, per app)."""
     d = _Dashboard()
     return [
         Route("/dashboard", d.page, methods=["GET", "HEAD"]),
+        Route("/dashboard/", _to_dashboard, methods=["GET", "HEAD"]),
         Route("/dashboard/login", d.login, methods=["POST"]),
         Route("/dashboard/logout", d.logout, methods=["POST"]),
         Route("/dashboard/style.css", d.stylesheet, methods=["GET", "HEAD"]),

@@ -186,6 +186,7 @@ def test_sign_in_cookie_and_csrf(
     stack = compression_stack
     url = stack.server.url
     with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/dashboard/").headers["location"] == "/dashboard"
         form = client.get("/dashboard")
         assert form.status_code == 200 and 'method="post"' in form.text
         assert form.headers["cache-control"] == "no-store"
