@@ -205,12 +205,13 @@ def _run_scores(sc: Scorer, group: Sequence[ScoreJob]) -> list[FloatArray]:
     with torch.inference_mode():
         ids, mask = ids.to(dev), mask.to(dev)
         hidden = sc._hidden(ids, mask)
-        out: list[FloatArray] = []
-        for row, job in enumerate(group):
+        parts = []
+        for row, job in enumerate(group):  # the head per row: its shape is the row's own
             n, k = len(job.ids), min(job.skip, len(job.ids))
-            nll = sc.head_nll(hidden[row, k:n], ids[row, k + 1 : n + 1])
-            out.append(nll.cpu().numpy().astype(np.float32))
-    return out
+            parts.append(sc.head_nll(hidden[row, k:n], ids[row, k + 1 : n + 1]))
+        flat = torch.cat(parts).cpu().numpy().astype(np.float32)  # one device->host transfer
+    ends = np.cumsum([len(p) for p in parts])
+    return list(np.split(flat, ends[:-1]))
 
 
 def _batch_cache(sc: Scorer, group: Sequence[StepJob], width: int) -> DynamicCache:
