@@ -27,7 +27,7 @@ class _Settings:
     question_rate: float = 1.0
     question_aware: bool = False
     segment_tokens: int = 128
-    granularity_k: float = 2.0
+    granularity_k: float = 1.0
     compress_json_tool_results: bool = False
     protect: dict[str, Any] | None = None
 

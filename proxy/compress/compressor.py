@@ -127,6 +127,10 @@ class Compressor:
         ``instruction_rate`` / ``question_rate`` bound those components (1.0 keeps them
         whole); demonstrations take the rest. ``protect`` None means ``ProtectRules()``
         (code, JSON, URLs and <keep> regions protected; tags removed).
+        ``fill``: "rank" (default) keeps the best-ranked demonstrations whole and cuts only
+        the one where the budget runs out; "uniform" cuts every demonstration the coarse
+        pass kept (``granularity_k`` times the budget) at the same rate, as in the paper.
+        Demonstrations are never reordered.
         ``coarse_tokens``: the perplexity ranking of demonstrations reads this many
         scoring tokens of each (None: all of it); the question-aware ranking always
         reads whole documents, since the answer may sit anywhere in them.
@@ -185,9 +189,12 @@ class Compressor:
             scores = [-float(np.mean(n)) for n in nlls]
             own = [np.zeros(0, np.float32) for _ in encs]
         else:
-            # A prefix estimates a demonstration's perplexity; reading a little past the
-            # first ITPC segment lets that segment reuse these losses.
-            limit = None if coarse_tokens is None else max(coarse_tokens, segment_tokens + 32)
+            # A prefix estimates a demonstration's perplexity. With no instruction, the first
+            # kept demonstration opens the ITPC stream: reading a little past its first segment
+            # lets that segment reuse these losses (otherwise nothing could reuse them).
+            limit = coarse_tokens
+            if coarse_tokens is not None and not prep.units[0].text:
+                limit = max(coarse_tokens, segment_tokens + 32)
             own = sc.score([e.ids[:limit] for e in encs])
             scores = [float(np.mean(n[:coarse_tokens])) if len(n) else 0.0 for n in own]
         return scores, encs, own
