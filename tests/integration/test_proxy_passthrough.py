@@ -73,7 +73,7 @@ def test_hop_by_hop_headers_not_forwarded(proxy: ProxyServer, upstream: FakeUpst
         "connection": "keep-alive, x-hop",
         "x-hop": "1",
         "te": "trailers",
-        "x-linguagate-key": "secret",
+        "x-linguagate-key": ALPHA_KEY,  # the proxy key: must never reach the upstream
     }
     httpx.get(proxy.base_url + "/models", headers=headers)
     seen = upstream.last("/v1/models")
