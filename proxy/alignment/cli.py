@@ -175,22 +175,32 @@ def run_eval(out: Path, data: tuple[Path, ...], *, rate: float, judge: str | Non
     def rate_of(original: Pair, compressed: Pair) -> float:
         return text_tokens(compressed) / max(1, text_tokens(original))
 
-    def by(engine: Any) -> Any:
-        return lambda p: compress_prompt(engine, p, rate)
+    outputs: dict[str, list[Pair]] = {"base": [], "aligned": []}
+
+    def by(label: str) -> Any:
+        def compress(p: Pair) -> Pair:
+            out = compress_prompt(engines[label], p, rate)
+            outputs[label].append(out)
+            return out
+
+        return compress
 
     scores = compressed_answer_nll(
         judge_lm.model, judge_lm.tokenizer, held,
-        [("original prompt", None), ("compressed by base", by(engines["base"])),
-         ("compressed by aligned", by(engines["aligned"]))],
+        [("original prompt", None), ("compressed by base", by("base")),
+         ("compressed by aligned", by("aligned"))],
         rate_of=rate_of, max_tokens=max_tokens, batch_size=batch_size)
     for s in scores:
         rows.append([f"judge NLL of answer, {s.label}", ppl(s.nll),
                      "n/a" if s.nll is None else f"{s.nll:.4f}", f"{s.rate:.2f}"])
         report[f"judge_nll_{s.label.replace(' ', '_')}"] = s.nll
         report[f"rate_{s.label.replace(' ', '_')}"] = s.rate
+    differ = sum(a != b for a, b in zip(outputs["base"], outputs["aligned"], strict=True))
     report["judge"] = judge_name
+    report["compressed_prompts_that_differ"] = differ
     log.write(f"held-out pairs: {len(held)} (seed {seed}, holdout {holdout}); "
               f"judge: {judge_name}; compression rate {rate}\n")
     log.write(format_table(rows, ["measure", "perplexity", "mean NLL (nats/token)",
                                   "prompt rate"]) + "\n")
+    log.write(f"compressed prompts that differ between base and aligned: {differ}/{len(held)}\n")
     return report
