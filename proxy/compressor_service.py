@@ -180,12 +180,12 @@ class CompressorService:
 
     def peak_gpu_bytes(self) -> int | None:
         """Peak GPU memory allocated by this process (torch's counter), None off a GPU."""
-        engine = self._engine
-        if engine is None or str(getattr(engine.device, "type", "cpu")) != "cuda":
+        device = getattr(self._engine, "device", None)  # test doubles may have none
+        if str(getattr(device, "type", "cpu")) != "cuda":
             return None
         import torch
 
-        return int(torch.cuda.max_memory_allocated(engine.device))
+        return int(torch.cuda.max_memory_allocated(device))
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)

@@ -349,3 +349,15 @@ async def test_service_results_match_and_back_pressure_fails_open(plain: Compres
     await asyncio.to_thread(done.wait, 30)
     assert late and _outputs(late[0]) == _outputs(_compress(plain, CASES[1]))
     service.close()
+
+
+def test_status_of_an_engine_without_a_device_or_batcher() -> None:
+    class Bare:  # what test doubles and third-party engines may look like
+        model_id = "bare@1"
+
+    service = CompressorService.ready(Bare(), batching=Batching("on"))  # type: ignore[arg-type]
+    try:
+        assert service.status == ("ok", "bare@1")
+        assert service.batch_stats is None and service.peak_gpu_bytes() is None
+    finally:
+        service.close()
