@@ -201,17 +201,28 @@ def _compact_labels(hist: Histogram, show: Callable[[float], str]) -> list[str]:
     return [f"≤{show(e)}" for e in finite] + [f">{show(finite[-1])}"]
 
 
+def _policy_value(value: object) -> str:
+    """A policy value the way the policy file spells it (``true``, ``["gpt-4*"]``), not Python's."""
+    if value is None:
+        return "(default)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_policy_value(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return ", ".join(
+            f"{g.name} = {_policy_value(getattr(value, g.name))}" for g in dataclasses.fields(value)
+        )
+    return str(value)
+
+
 def _policy_rows(policy: CompressionPolicy) -> str:
     out = []
     for f in dataclasses.fields(policy):
-        value = getattr(policy, f.name)
-        if dataclasses.is_dataclass(value):
-            value = ", ".join(
-                f"{g.name}={getattr(value, g.name)!r}" for g in dataclasses.fields(value)
-            )
-        elif isinstance(value, tuple):
-            value = ", ".join(str(v) for v in value)
-        out.append(f"<dt>{escape(f.name)}</dt><dd>{escape(str(value))}</dd>")
+        value = _policy_value(getattr(policy, f.name))
+        out.append(f"<dt>{escape(f.name)}</dt><dd>{escape(value)}</dd>")
     return "".join(out)
 
 

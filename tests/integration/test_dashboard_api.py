@@ -177,6 +177,9 @@ def test_admin_sees_every_tenant(
         assert detail.status_code == 200 and 'id="tenant-name">team-b<' in detail.text
         assert "<svg" in detail.text and "Current policy" in detail.text
         assert "api_key_sha256" not in detail.text
+        # The policy reads the way its file is written, not as Python reprs.
+        assert "<dt>mode</dt><dd>&quot;enforce&quot;</dd>" in detail.text
+        assert "False" not in detail.text and "None" not in detail.text
         assert admin.get("/dashboard", params={"tenant": "nobody"}).status_code == 404
 
 
