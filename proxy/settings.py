@@ -20,6 +20,7 @@ to each worker process (every worker builds its own app from its environment).
 | max_connections    | --max-connections  | LINGUAGATE_MAX_CONNECTIONS    | 512              |
 | upstream_transport | --upstream-transport | LINGUAGATE_UPSTREAM_TRANSPORT | wire (or aiohttp) |
 | compressor_model   | --compressor-model | LINGUAGATE_COMPRESSOR_MODEL   | packaged SmolLM2 |
+| compressor_url     | --compressor-url   | LINGUAGATE_COMPRESSOR_URL     | unset: in-process |
 | device             | --device           | LINGUAGATE_DEVICE             | auto (cuda, cpu) |
 | compress_workers   | --compress-workers | LINGUAGATE_COMPRESS_WORKERS   | 1                |
 | compress_queue     | --compress-queue   | LINGUAGATE_COMPRESS_QUEUE     | 32               |
@@ -72,6 +73,9 @@ class Settings:
     max_connections: int = 512
     upstream_transport: str = "wire"
     compressor_model: str | None = None
+    # A `linguagate compressor-worker` to send compressions to (one per GPU) instead of loading
+    # the small LM in this process.
+    compressor_url: str | None = None
     device: str | None = None
     compress_workers: int = 1
     compress_queue: int = 32
@@ -158,6 +162,10 @@ class Settings:
 
 
 def _check_batching(s: Settings) -> None:
+    if s.compressor_url is not None and not s.compressor_url.startswith(("http://", "https://")):
+        raise SettingsError(
+            f"compressor URL must start with http:// or https://: {s.compressor_url!r}"
+        )
     if s.compress_batching not in _BATCHING:
         raise SettingsError(f"compress batching must be one of {', '.join(_BATCHING)}")
     if s.compress_batch_tokens < 1 or s.compress_batch_queue < 1 or s.compress_batch_wait_ms < 0:

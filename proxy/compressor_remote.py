@@ -1,0 +1,160 @@
+"""A compressor in another process: the proxy's side of ``linguagate compressor-worker``.
+
+One worker process owns a GPU (its model, its batch engine); any number of proxy workers
+and replicas send it compressions over HTTP (``--compressor-url``). ``RemoteEngine`` is a
+``CompressionEngine``: the request path, the cache and the fail-open rules do not change.
+The worker's back-pressure (HTTP 429) becomes ``QueueFull`` here, so a full GPU queue
+forwards prompts uncompressed with the skip reason ``queue_full``.
+
+Wire format (JSON): ``POST /v1/compress`` {instruction, demonstrations, question, rate,
+options} -> {result}; ``POST /v1/nll`` {text} -> {nll}; ``GET /v1/info`` -> {model_id,
+device}. Prompt text crosses this link: keep the worker on loopback or a private network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from proxy.executor import QueueFull
+
+if TYPE_CHECKING:
+    from proxy.compress import CompressionResult
+
+__all__ = [
+    "RemoteDevice",
+    "RemoteEngine",
+    "RemoteError",
+    "options_from_wire",
+    "options_to_wire",
+    "result_from_wire",
+    "result_to_wire",
+]
+
+
+class RemoteError(RuntimeError):
+    """The worker answered with an error (its message names only the error type)."""
+
+
+@dataclass(frozen=True)
+class RemoteDevice:
+    type: str  # the worker's device type ("cuda", "cpu"): default deadlines follow it
+
+
+def options_to_wire(options: dict[str, Any]) -> dict[str, Any]:
+    out = dict(options)
+    protect = out.get("protect")
+    if protect is not None:
+        out["protect"] = dataclasses.asdict(protect)
+    return out
+
+
+def options_from_wire(options: dict[str, Any]) -> dict[str, Any]:
+    from proxy.compress import ProtectRules
+
+    out = dict(options)
+    protect = out.get("protect")
+    if protect is not None:
+        out["protect"] = ProtectRules(**{**protect, "regexes": tuple(protect.get("regexes", ()))})
+    return out
+
+
+def result_to_wire(r: CompressionResult) -> dict[str, Any]:
+    out = dataclasses.asdict(r)
+    out["component_tokens"] = {k: list(v) for k, v in r.component_tokens.items()}
+    return out
+
+
+def result_from_wire(raw: dict[str, Any]) -> CompressionResult:
+    from proxy.compress import CompressionResult
+
+    return CompressionResult(
+        instruction=raw["instruction"],
+        demonstrations=tuple(raw["demonstrations"]),
+        question=raw["question"],
+        original_tokens=int(raw["original_tokens"]),
+        compressed_tokens=int(raw["compressed_tokens"]),
+        rate=float(raw["rate"]),
+        elapsed_ms=float(raw["elapsed_ms"]),
+        component_tokens={k: (int(v[0]), int(v[1])) for k, v in raw["component_tokens"].items()},
+    )
+
+
+class RemoteEngine:
+    """Compressions run by a ``linguagate compressor-worker`` at ``url``. Thread-safe."""
+
+    # Calls wait on the network: the proxy may run as many at once as it admits.
+    parallel_calls = True
+
+    def __init__(self, client: httpx.Client, model_id: str, device: RemoteDevice) -> None:
+        self._client = client
+        self.model_id = model_id
+        self.device = device
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        wait_s: float = 30.0,
+        timeout_s: float = 600.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> RemoteEngine:
+        """Ask the worker who it is, retrying while it starts (up to ``wait_s``)."""
+        client = httpx.Client(
+            base_url=url.rstrip("/"),
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+            transport=transport,
+        )
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                info = _json(client.get("/v1/info"))
+                break
+            except (httpx.TransportError, RemoteError):
+                if time.monotonic() > deadline:
+                    client.close()
+                    raise
+                time.sleep(0.5)
+        return cls(client, str(info["model_id"]), RemoteDevice(str(info["device"])))
+
+    def compress(
+        self,
+        instruction: str,
+        demonstrations: list[str],
+        question: str,
+        rate: float,
+        **options: Any,
+    ) -> CompressionResult:
+        body = {
+            "instruction": instruction,
+            "demonstrations": list(demonstrations),
+            "question": question,
+            "rate": rate,
+            "options": options_to_wire(options),
+        }
+        return result_from_wire(_json(self._client.post("/v1/compress", json=body))["result"])
+
+    def mean_nll(self, text: str) -> float:
+        return float(_json(self._client.post("/v1/nll", json={"text": text}))["nll"])
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code == 429:
+        raise QueueFull("the compressor worker's queue is full")
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {response.status_code}"
+        raise RemoteError(f"compressor worker: {message}")
+    data: dict[str, Any] = response.json()
+    return data
