@@ -116,8 +116,9 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument("--device", help="cpu, cuda, cuda:1 ... (LINGUAGATE_DEVICE, default auto)")
     serve.add_argument(
         "--compressor-url", metavar="URL",
-        help="send compressions to a `linguagate compressor-worker` (one per GPU) instead of "
-        "loading the small LM in every worker (LINGUAGATE_COMPRESSOR_URL)",
+        help="send compressions to `linguagate compressor-worker`s (one per GPU; several "
+        "URLs comma-separated are used in turn) instead of loading the small LM in every "
+        "worker (LINGUAGATE_COMPRESSOR_URL)",
     )
     serve.add_argument("--compress-workers", type=int, metavar="N",
                        help="compression threads (LINGUAGATE_COMPRESS_WORKERS, default 1)")

@@ -6,6 +6,9 @@ and replicas send it compressions over HTTP (``--compressor-url``). ``RemoteEngi
 The worker's back-pressure (HTTP 429) becomes ``QueueFull`` here, so a full GPU queue
 forwards prompts uncompressed with the skip reason ``queue_full``.
 
+Several workers (comma-separated URLs, e.g. a few per GPU when one process's Python side
+is the limit) are used in turn, call by call; they must serve the same model.
+
 Wire format (JSON): ``POST /v1/compress`` {instruction, demonstrations, question, rate,
 options} -> {result}; ``POST /v1/nll`` {text} -> {nll}; ``GET /v1/info`` -> {model_id,
 device}. Prompt text crosses this link: keep the worker on loopback or a private network.
@@ -14,7 +17,9 @@ device}. Prompt text crosses this link: keep the worker on loopback or a private
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -90,38 +95,48 @@ class RemoteEngine:
     # Calls wait on the network: the proxy may run as many at once as it admits.
     parallel_calls = True
 
-    def __init__(self, client: httpx.Client, model_id: str, device: RemoteDevice) -> None:
-        self._client = client
+    def __init__(
+        self, clients: Sequence[httpx.Client], model_id: str, device: RemoteDevice
+    ) -> None:
+        self._clients = tuple(clients)
+        self._turn = itertools.count()  # next() is atomic under the GIL
         self.model_id = model_id
         self.device = device
 
     @classmethod
     def connect(
         cls,
-        url: str,
+        urls: str,
         *,
         wait_s: float = 30.0,
         timeout_s: float = 600.0,
-        transport: httpx.BaseTransport | None = None,
     ) -> RemoteEngine:
-        """Ask the worker who it is, retrying while it starts (up to ``wait_s``)."""
-        client = httpx.Client(
-            base_url=url.rstrip("/"),
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-            transport=transport,
-        )
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                info = _json(client.get("/v1/info"))
-                break
-            except (httpx.TransportError, RemoteError):
-                if time.monotonic() > deadline:
-                    client.close()
-                    raise
-                time.sleep(0.5)
-        return cls(client, str(info["model_id"]), RemoteDevice(str(info["device"])))
+        """Ask each worker (``urls``: comma-separated) who it is, retrying while they start
+        (up to ``wait_s``); they must all serve the same model."""
+        clients: list[httpx.Client] = []
+        infos: list[dict[str, Any]] = []
+        try:
+            for url in (u.strip() for u in urls.split(",") if u.strip()):
+                clients.append(
+                    httpx.Client(
+                        base_url=url.rstrip("/"),
+                        timeout=httpx.Timeout(timeout_s, connect=5.0),
+                        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+                    )
+                )
+                infos.append(_wait_info(clients[-1], time.monotonic() + wait_s))
+            models = {str(i["model_id"]) for i in infos}
+            if len(models) != 1:
+                raise RemoteError(f"compressor workers serve different models: {sorted(models)}")
+        except BaseException:
+            for client in clients:
+                client.close()
+            raise
+        return cls(clients, models.pop(), RemoteDevice(str(infos[0]["device"])))
+
+    @property
+    def _client(self) -> httpx.Client:
+        return self._clients[next(self._turn) % len(self._clients)]
 
     def compress(
         self,
@@ -144,7 +159,18 @@ class RemoteEngine:
         return float(_json(self._client.post("/v1/nll", json={"text": text}))["nll"])
 
     def close(self) -> None:
-        self._client.close()
+        for client in self._clients:
+            client.close()
+
+
+def _wait_info(client: httpx.Client, deadline: float) -> dict[str, Any]:
+    while True:
+        try:
+            return _json(client.get("/v1/info"))
+        except (httpx.TransportError, RemoteError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

@@ -73,8 +73,8 @@ class Settings:
     max_connections: int = 512
     upstream_transport: str = "wire"
     compressor_model: str | None = None
-    # A `linguagate compressor-worker` to send compressions to (one per GPU) instead of loading
-    # the small LM in this process.
+    # `linguagate compressor-worker`s to send compressions to (comma-separated, used in turn)
+    # instead of loading the small LM in this process.
     compressor_url: str | None = None
     device: str | None = None
     compress_workers: int = 1
@@ -162,10 +162,9 @@ class Settings:
 
 
 def _check_batching(s: Settings) -> None:
-    if s.compressor_url is not None and not s.compressor_url.startswith(("http://", "https://")):
-        raise SettingsError(
-            f"compressor URL must start with http:// or https://: {s.compressor_url!r}"
-        )
+    for url in (s.compressor_url or "").split(","):
+        if s.compressor_url is not None and not url.strip().startswith(("http://", "https://")):
+            raise SettingsError(f"compressor URLs must start with http:// or https://: {url!r}")
     if s.compress_batching not in _BATCHING:
         raise SettingsError(f"compress batching must be one of {', '.join(_BATCHING)}")
     if s.compress_batch_tokens < 1 or s.compress_batch_queue < 1 or s.compress_batch_wait_ms < 0:

@@ -131,3 +131,39 @@ def test_settings_reject_a_compressor_url_without_a_scheme() -> None:
 
     with pytest.raises(SettingsError):
         Settings(compressor_url="localhost:8181")
+
+
+class _Counting:
+    def __init__(self, inner: Compressor) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.device = inner.device
+        self.calls = 0
+
+    def compress(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.inner.compress(*args, **kwargs)
+
+    def mean_nll(self, text: str) -> float:
+        return self.inner.mean_nll(text)
+
+
+def test_several_workers_are_used_in_turn_and_must_serve_one_model(
+    tiny_compressor: Compressor,
+) -> None:
+    a, b = _Counting(tiny_compressor), _Counting(tiny_compressor)
+    services = [CompressorService.ready(e, max_pending=4) for e in (a, b, _Gated())]
+    with (
+        ServerThread(create_worker_app(services[0]), name="worker-a") as wa,
+        ServerThread(create_worker_app(services[1]), name="worker-b") as wb,
+        ServerThread(create_worker_app(services[2]), name="worker-c") as wc,
+    ):
+        remote = RemoteEngine.connect(f"{wa.url}, {wb.url}")
+        try:
+            for i in range(4):
+                remote.compress("", [sample_text(30, i)], "", 0.5)
+        finally:
+            remote.close()
+        assert (a.calls, b.calls) == (2, 2)
+        with pytest.raises(RemoteError, match="different models"):
+            RemoteEngine.connect(f"{wa.url},{wc.url}")
