@@ -92,7 +92,7 @@ def main() -> int:
         print(json.dumps(record, indent=2))
     trained = time.perf_counter()
     report = run_eval(model_dir, tuple(files), rate=args.rate, judge=None, device=None,
-                      max_tokens=512, batch_size=args.batch_size, seed=0, holdout=args.holdout)
+                      max_tokens=512, batch_size=args.batch_size)
     report["train_wall_s"] = round(trained - started, 1)
     report["eval_wall_s"] = round(time.perf_counter() - trained, 1)
     (args.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

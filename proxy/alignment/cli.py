@@ -34,9 +34,11 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--lora", action="store_true",
                    help="train a LoRA adapter (needs peft) and merge it into the saved model")
     p.add_argument("--lora-rank", type=int, default=16, metavar="R", help="(default 16)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="(default 0)")
-    p.add_argument("--holdout", type=float, default=0.1, metavar="F",
-                   help="held-out fraction, chosen by a seeded hash of each pair (default 0.1)")
+    p.add_argument("--seed", type=int, metavar="S",
+                   help="(default 0; with --eval-only: the model's own)")
+    p.add_argument("--holdout", type=float, metavar="F",
+                   help="held-out fraction, chosen by a seeded hash of each pair "
+                   "(default 0.1; with --eval-only: the model's own)")
     p.add_argument("--max-tokens", type=int, default=512, metavar="N",
                    help="longest prompt+answer in small-LM tokens (default 512)")
     p.add_argument("--batch-size", type=int, default=4, metavar="B", help="(default 4)")
@@ -67,13 +69,14 @@ def _run(args: argparse.Namespace) -> int:
         if args.eval_only:
             report = run_eval(args.out, tuple(args.data), rate=args.rate, judge=args.judge,
                               device=args.device, max_tokens=args.max_tokens,
-                              batch_size=args.batch_size, seed=args.seed, holdout=args.holdout,
-                              explicit=_explicit(args))
+                              batch_size=args.batch_size, seed=args.seed, holdout=args.holdout)
         else:
             config = AlignConfig(
                 data=tuple(args.data), out=args.out, base=args.base, epochs=args.epochs,
-                lr=args.lr, lora=args.lora, lora_rank=args.lora_rank, seed=args.seed,
-                holdout=args.holdout, max_tokens=args.max_tokens, batch_size=args.batch_size,
+                lr=args.lr, lora=args.lora, lora_rank=args.lora_rank,
+                seed=0 if args.seed is None else args.seed,
+                holdout=0.1 if args.holdout is None else args.holdout,
+                max_tokens=args.max_tokens, batch_size=args.batch_size,
                 device=args.device, resume=args.resume, checkpoint_every=args.checkpoint_every,
             )
             report = train(config)
@@ -87,11 +90,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explicit(args: argparse.Namespace) -> set[str]:
-    argv = sys.argv[1:]
-    return {name for name in ("seed", "holdout") if f"--{name}" in argv}
-
-
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -102,7 +100,7 @@ def _check_args(args: argparse.Namespace) -> list[str]:
         errors.append("--epochs must be >= 1")
     if not args.lr > 0:
         errors.append("--lr must be > 0")
-    if not 0.0 <= args.holdout < 1.0:
+    if args.holdout is not None and not 0.0 <= args.holdout < 1.0:
         errors.append("--holdout must be in [0, 1)")
     if args.max_tokens < 8:
         errors.append("--max-tokens must be >= 8")
@@ -117,8 +115,8 @@ def _check_args(args: argparse.Namespace) -> list[str]:
 
 
 def run_eval(out: Path, data: tuple[Path, ...], *, rate: float, judge: str | None,
-             device: str | None, max_tokens: int, batch_size: int, seed: int, holdout: float,
-             explicit: set[str] | None = None, log: Any = None) -> dict[str, Any]:
+             device: str | None, max_tokens: int, batch_size: int, seed: int | None = None,
+             holdout: float | None = None, log: Any = None) -> dict[str, Any]:
     """Base vs aligned on the held-out pairs: answer perplexity, and the judge's answer
     likelihood given prompts compressed at ``rate`` by each. Prints a table."""
     from proxy.alignment.evaluate import (
@@ -140,10 +138,9 @@ def run_eval(out: Path, data: tuple[Path, ...], *, rate: float, judge: str | Non
     if not meta_path.is_file():
         raise AlignError(f"{out} holds no aligned model ({ALIGNMENT_FILE} missing)")
     meta = json.loads(meta_path.read_text())
-    explicit = explicit or set()
     # The split the model was trained with, unless asked otherwise.
-    seed = seed if "seed" in explicit else int(meta.get("seed", seed))
-    holdout = holdout if "holdout" in explicit else float(meta.get("holdout_fraction", holdout))
+    seed = seed if seed is not None else int(meta.get("seed", 0))
+    holdout = holdout if holdout is not None else float(meta.get("holdout_fraction", 0.1))
     base = None if str(meta.get("base_model", "")).endswith("(packaged)") else meta["base_model"]
     try:
         pairs = read_pairs(data)
