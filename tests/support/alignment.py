@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support.tiny_lm import build_tiny_model, build_tiny_tokenizer, sample_text
+from tests.support.tiny_lm import build_tiny_model, sample_text
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 __all__ = ["tiny_base_dir", "write_pairs"]
 
@@ -33,9 +37,10 @@ def write_pairs(path: Path, n: int, *, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_base_dir(tiny_tokenizer: PreTrainedTokenizerFast,
+                  tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-base")
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tiny_tokenizer
     model = build_tiny_model(tokenizer, seed=3)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
