@@ -222,7 +222,8 @@ def _pool(settings: Settings, default: CompressorService) -> CompressorPool:
     def make(model: str) -> CompressorService:
         own = settings.with_overrides(compressor_model=model)
         return CompressorService(lambda: _load_engine(own), max_workers=settings.compress_workers,
-                                 max_pending=settings.compress_queue, description=model)
+                                 max_pending=settings.compress_queue, description=model,
+                                 batching=batching_for(settings))
 
     return CompressorPool(default, make, default_name=settings.compressor_model)
 
