@@ -129,10 +129,7 @@ class Settings:
             raise SettingsError(f"cache TTL must be >= 1 s: {self.cache_ttl_s}")
         if self.max_connections < 1:
             raise SettingsError(f"max connections must be >= 1: {self.max_connections}")
-        if self.dashboard_secret is not None and len(self.dashboard_secret.encode()) < 16:
-            raise SettingsError("LINGUAGATE_DASHBOARD_SECRET must be at least 16 bytes")
-        if self.dashboard_session_ttl_s < 60:
-            raise SettingsError("dashboard session TTL must be >= 60 s")
+        _check_dashboard(self)
         if isinstance(self.prices_path, str):  # from the environment: `Path | None` is a str
             object.__setattr__(self, "prices_path", Path(self.prices_path))
 
@@ -159,6 +156,14 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields replaced (validated again)."""
         return replace(self, **changes)
+
+
+def _check_dashboard(settings: Settings) -> None:
+    secret = settings.dashboard_secret
+    if secret is not None and len(secret.encode()) < 16:
+        raise SettingsError("LINGUAGATE_DASHBOARD_SECRET must be at least 16 bytes")
+    if settings.dashboard_session_ttl_s < 60:
+        raise SettingsError("dashboard session TTL must be >= 60 s")
 
 
 def _check_batching(s: Settings) -> None:

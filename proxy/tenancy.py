@@ -50,7 +50,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """The presented proxy key: ``x-linguagate-key``, then ``Authorization: Bearer``, then ``api-key``."""
+    """The presented proxy key: ``x-linguagate-key``, ``Authorization: Bearer``, ``api-key``."""
     own = (_header(headers, "x-linguagate-key") or "").strip()
     if own:
         return own
