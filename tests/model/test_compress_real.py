@@ -65,3 +65,11 @@ def test_mean_nll_separates_prose_from_noise(compressor: Compressor) -> None:
     prose = compressor.mean_nll(DOCS[0])
     noise = compressor.mean_nll("qz xv 7#k wplf ;; zzq brr0 ~~ jjx vq kk% plm xq 99z")
     assert 0 < prose < noise
+
+
+def test_question_aware_fill_keeps_the_best_document_whole(compressor: Compressor) -> None:
+    # No protection: the default rank fill alone keeps the most relevant document verbatim.
+    result = compressor.compress("", DOCS, QUESTION, 0.35, question_aware=True)
+    assert result.demonstrations[2] == DOCS[2]
+    cut = [d for d, o in zip(result.demonstrations, DOCS, strict=True) if d and d != o]
+    assert len(cut) <= 1
