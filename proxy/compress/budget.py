@@ -9,10 +9,15 @@ the share that the coarse pass did not use is handed back (Δτ) to instruction 
 question.
 
 Each kept demonstration then gets its own token-level budget. ``fill="rank"``
-(default) gives them out in rank order: the best demonstrations stay whole and
-only the one where the budget runs out is compressed token by token (the extreme
-of LongLLMLingua's dynamic compression ratio). ``fill="uniform"`` is the paper's
-LLMLingua: every kept demonstration is cut at the same rate.
+(default) gives it out in rank order: the best demonstrations stay whole and one
+more, where the budget runs out, is compressed token by token (the best-ranked of
+the rest that keeps at least half of itself, else the smallest). This is the
+extreme of LongLLMLingua's dynamic compression ratio, and a departure from the
+paper's LLMLingua, which cuts ``k`` times the budget's worth of demonstrations at one
+rate (``fill="uniform"``, where ``k`` applies): measured with a different small LM as
+judge, fragments of every demonstration help a target less than no demonstrations at
+all, and whole ones help more (bench/RESULTS.md, "Compressor").
+Demonstrations are never reordered (a proxy must not move messages).
 """
 
 from __future__ import annotations
@@ -66,16 +71,21 @@ def _rank_order(scores: Sequence[float]) -> list[int]:
 def _fill_in_rank_order(
     costs: Sequence[int], scores: Sequence[float], kept: Sequence[int], budget: int
 ) -> dict[int, int]:
-    """Whole demonstrations in rank order; the first that does not fit gets what is left."""
+    """Whole demonstrations in rank order while they fit; what is left goes to one more.
+
+    That one is the best-ranked of the rest that keeps at least half of itself (a fragment
+    of a long demonstration reads worse than most of a short one), else the smallest.
+    """
     out: dict[int, int] = {}
     left = budget
-    for i in _rank_order(scores):
-        if left <= 0:
-            break
-        if i not in kept:
-            continue
-        out[i] = min(costs[i], left)
-        left -= out[i]
+    rest = [i for i in _rank_order(scores) if i in kept]
+    while rest and costs[rest[0]] <= left:
+        out[rest[0]] = costs[rest[0]]
+        left -= costs[rest.pop(0)]
+    if left > 0 and rest:
+        halves = [i for i in rest if costs[i] <= 2 * left]
+        pick = halves[0] if halves else min(rest, key=lambda i: (costs[i], rest.index(i)))
+        out[pick] = min(costs[pick], left)
     return out
 
 
@@ -150,9 +160,11 @@ def plan_budget(shape: Shape, demo_scores: Sequence[float] | None) -> Budget:
     que = min(l_que, math.floor(tau_que * l_que + 0.5))
     dem = min(sum(demo_tokens[i] for i in kept), max(0, total - ins - que))
     if shape.fill == "rank" and demo_scores is not None:
-        shares = _fill_in_rank_order(demo_tokens, demo_scores, kept, dem)
+        # The fill picks from every demonstration itself (k plays no part here).
+        everyone = range(len(demo_tokens))
+        shares = _fill_in_rank_order(demo_tokens, demo_scores, everyone, dem)
         # Demonstrations the fill never reached are dropped whole, not cut to nothing.
-        kept = tuple(i for i in kept if shares.get(i, 0) > 0 or demo_tokens[i] == 0)
+        kept = tuple(i for i in everyone if shares.get(i, 0) > 0 or demo_tokens[i] == 0)
     else:
         shares = _spread(demo_tokens, kept, dem)
     return Budget(total, ins, dem, que, kept, tuple(shares.get(i, 0) for i in kept))

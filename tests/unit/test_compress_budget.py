@@ -25,9 +25,23 @@ def test_rank_fill_keeps_the_best_whole_and_cuts_at_most_one(rate: float) -> Non
     cut = [i for i, b in shares.items() if b < COSTS[i]]
     assert len(cut) <= 1
     ranked = sorted(range(len(COSTS)), key=lambda i: -SCORES[i])
-    # Kept = a prefix of the rank order: nothing is skipped for a smaller, worse one.
-    assert set(budget.kept) == set(ranked[: len(budget.kept)])
+    whole = [i for i, b in shares.items() if b == COSTS[i]]
+    # Whole ones = a prefix of the rank order: none is skipped for a smaller, worse one.
+    assert set(whole) == set(ranked[: len(whole)])
+    for i in cut:  # keeps at least half of itself, or is the smallest of the rest
+        rest = [j for j in ranked if j not in whole]
+        assert 2 * shares[i] >= COSTS[i] or COSTS[i] == min(COSTS[j] for j in rest)
     assert all(b > 0 for b in budget.demo_budgets)
+
+
+def test_a_budget_below_every_demonstration_goes_to_the_best_that_keeps_half() -> None:
+    budget = plan_budget(Shape(0.0, 0, COSTS, 0), SCORES)  # rate 0 -> target set below
+    assert budget.kept == ()
+    small = plan_budget(Shape(200 / sum(COSTS), 0, COSTS, 0), SCORES)
+    # Best-ranked is 1 (292 tokens): 200 of it is more than half.
+    assert small.kept == (1,) and small.demo_budgets == (200,)
+    tiny = plan_budget(Shape(100 / sum(COSTS), 0, COSTS, 0), SCORES)
+    assert tiny.kept == (3,)  # nothing keeps half: the smallest (224 tokens) gets the 100
 
 
 def test_uniform_fill_cuts_every_kept_demonstration_alike() -> None:
