@@ -631,7 +631,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     counts_arg = args.retrieval_count or ("1" if q else "3,2,1")
     counts = [int(x) for x in counts_arg.split(",")]
     n_sizes = len([x for x in sizes.split(",") if x.strip()])
-    counts = (counts * n_sizes)[:n_sizes] if len(counts) == 1 else counts
+    counts = (counts * n_sizes)[:n_sizes] if len(counts) == 1 or not n_sizes else counts
     plan = Plan(
         gsm8k_questions=args.gsm8k_questions or (1 if q else 3),
         gsm8k_settings=[x for x in settings.split(",") if x.strip()],

@@ -79,13 +79,15 @@ def _fill_in_rank_order(
     out: dict[int, int] = {}
     left = budget
     rest = [i for i in _rank_order(scores) if i in kept]
-    while rest and costs[rest[0]] <= left:
-        out[rest[0]] = costs[rest[0]]
-        left -= costs[rest.pop(0)]
-    if left > 0 and rest:
-        halves = [i for i in rest if costs[i] <= 2 * left]
-        pick = halves[0] if halves else min(rest, key=lambda i: (costs[i], rest.index(i)))
+    while left > 0 and rest:
+        pick = rest[0]
+        if costs[pick] > left:
+            halves = [i for i in rest if costs[i] <= 2 * left]
+            pick = halves[0] if halves else min(rest, key=lambda i: (costs[i], rest.index(i)))
+        # A pick smaller than what is left is whole, and the fill goes on.
         out[pick] = min(costs[pick], left)
+        left -= out[pick]
+        rest.remove(pick)
     return out
 
 
