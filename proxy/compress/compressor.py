@@ -127,8 +127,8 @@ class Compressor:
         ``instruction_rate`` / ``question_rate`` bound those components (1.0 keeps them
         whole); demonstrations take the rest. ``protect`` None means ``ProtectRules()``
         (code, JSON, URLs and <keep> regions protected; tags removed).
-        ``fill``: "rank" (default) keeps the best-ranked demonstrations whole and cuts only
-        the one where the budget runs out; "uniform" cuts every demonstration the coarse
+        ``fill``: "rank" (default) keeps the best-ranked demonstrations whole and compresses
+        only one more with what is left; "uniform" cuts every demonstration the coarse
         pass kept (``granularity_k`` times the budget) at the same rate, as in the paper.
         Demonstrations are never reordered.
         ``coarse_tokens``: the perplexity ranking of demonstrations reads this many
