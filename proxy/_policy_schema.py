@@ -86,6 +86,13 @@ def _mode(value: object) -> str:
     return str(value)
 
 
+def _fill(value: object) -> str:
+    if value not in ("rank", "uniform"):
+        shown = repr(value) if isinstance(value, str) else _kind(value)
+        raise _Invalid(f'must be "rank" or "uniform", got {shown}')
+    return str(value)
+
+
 def _string_list(value: object) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _Invalid(f"must be an array of strings, got {_kind(value)}")
@@ -142,6 +149,7 @@ _COMPRESSION: dict[str, tuple[str, _Check]] = {
     "question_aware": ("question_aware", _boolean),
     "segment_tokens": ("segment_tokens", _integer(16, 2048)),
     "granularity_k": ("granularity_k", _at_least(1.0, strict=False)),
+    "fill": ("fill", _fill),
     "models": ("models", _globs),
     "max_compression_ms": ("max_compression_ms", _integer(1)),
     "ood_max_nll": ("ood_max_nll", _at_least(0.0, strict=True)),

@@ -74,6 +74,7 @@ def _compress_unit(engine: CompressionEngine, unit: Unit, plan: Plan,
         "target_model": model,
         "segment_tokens": policy.segment_tokens,
         "granularity_k": policy.granularity_k,
+        "fill": policy.fill,
         "protect": plan.protect,
     }
     if unit.kind == "instruction" and unit.instruction is not None:

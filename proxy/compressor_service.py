@@ -26,6 +26,7 @@ from proxy.executor import BoundedExecutor
 
 if TYPE_CHECKING:
     from proxy.compress import CompressionResult, ProtectRules
+    from proxy.compress.budget import Fill
     from proxy.settings import Settings
 
 __all__ = [
@@ -72,6 +73,7 @@ class CompressionEngine(Protocol):
         target_model: str | None = ...,
         segment_tokens: int = ...,
         granularity_k: float = ...,
+        fill: Fill = ...,
         protect: ProtectRules | None = ...,
     ) -> CompressionResult: ...
 

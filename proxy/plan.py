@@ -32,7 +32,7 @@ from proxy.tokens import count_tokens, encoding_name_for_model
 __all__ = ["ALGO_VERSION", "Plan", "Unit", "plan_units"]
 
 # Bump when compressor output for the same inputs changes: old cache entries then miss.
-ALGO_VERSION = "lingua-1"
+ALGO_VERSION = "lingua-2"  # 2: rank fill, shape-class padding
 _RATE_GRID = 0.02
 _MIN_RATE = 0.02
 
@@ -88,6 +88,7 @@ def plan_units(
     knobs_base = {
         "segment_tokens": policy.segment_tokens,
         "granularity_k": policy.granularity_k,
+        "fill": policy.fill,
         "protect": dataclasses.asdict(protect),
         "encoding": encoding_name_for_model(model),
         "ood_max_nll": policy.ood_max_nll,

@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 Mode = Literal["enforce", "shadow", "off"]
+Fill = Literal["rank", "uniform"]
 
 _LOG = logging.getLogger("linguagate.policy")
 
@@ -58,7 +59,10 @@ class CompressionPolicy:
     min_tokens: int = 200
     question_aware: bool = False
     segment_tokens: int = 128
-    granularity_k: float = 2.0
+    # "rank": best-ranked demonstrations whole, one cut (see proxy.compress.budget);
+    # "uniform": the paper's cut-everything-alike coarse stage, where granularity_k applies.
+    fill: Fill = "rank"
+    granularity_k: float = 1.0
     models: tuple[str, ...] = ("*",)
     # None: the compressor's device decides (60 s on CPU, 2 s on a GPU; see CompressorService).
     max_compression_ms: int | None = None

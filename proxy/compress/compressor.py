@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from proxy.compress.budget import Budget, Fill, Shape, needs_ranking, plan_budget
 from proxy.compress.itpc import Piece, compress_pieces
 from proxy.compress.lm import load_causal_lm
-from proxy.compress.protect import ProtectRules, apply_rules
+from proxy.compress.protect import ProtectRules, apply_rules, demands_keeping
 from proxy.compress.render import fit_budget, render
 from proxy.compress.scoring import Batcher, Encoded, FloatArray, Scorer
 from proxy.compress.words import BREAK, PROTECTED, Units, segment, target_costs
@@ -49,6 +50,7 @@ class _Prepared:
     original: tuple[str, ...]  # instruction, *demonstrations, question
     units: tuple[Units, ...]  # over the text with <keep> tags removed
     costs: tuple[np.ndarray, ...]
+    demanded: tuple[bool, ...]  # holds <keep> regions or user-regex matches (never dropped)
 
 
 class Compressor:
@@ -145,7 +147,12 @@ class Compressor:
         texts = (instruction, *demonstrations, question)
         protected = [apply_rules(t, rules) for t in texts]
         units = tuple(segment(p.text, p.spans) for p in protected)
-        prep = _Prepared(texts, units, tuple(target_costs(u, encoding) for u in units))
+        prep = _Prepared(
+            texts,
+            units,
+            tuple(target_costs(u, encoding) for u in units),
+            tuple(demands_keeping(t, rules) for t in texts),
+        )
         lengths = [int(c.sum()) for c in prep.costs]
         total = sum(lengths)
         if target_tokens is not None:
@@ -234,7 +241,7 @@ class Compressor:
             )
             encs[1:-1] = demo_encs
             coarse[1:-1] = demo_nll
-        budget = plan_budget(shape, scores)
+        budget = _rescue_protected(plan_budget(shape, scores), prep)
         order = [0, *(1 + i for i in budget.kept), n_demos + 1]
         # ITPC components: instruction, question, then each kept demonstration on its own.
         comp_of = {0: _INS, n_demos + 1: _QUE}
@@ -294,6 +301,26 @@ class Compressor:
             pieces.append(Piece(comp_of[idx], units, enc, prep.costs[idx], forced, coarse[idx]))
             where.append(idx)
         return pieces, where
+
+
+def _rescue_protected(budget: Budget, prep: _Prepared) -> Budget:
+    """Dropped demonstrations with demanded spans (``<keep>``, user regexes) keep their
+    protected text, and only that.
+
+    Dropping is the strongest alteration: a request whose only "json" sits in a dropped
+    demonstration would be rejected upstream. Their budget is the protected units' cost;
+    the final fit takes it from the other components. Code, JSON and URLs are only
+    guarded against mangling, so a demonstration holding nothing else is dropped whole.
+    """
+    n_demos = len(prep.units) - 2
+    rescued = [i for i in range(n_demos) if i not in budget.kept and prep.demanded[1 + i]]
+    if not rescued:
+        return budget
+    own = dict(zip(budget.kept, budget.demo_budgets, strict=True))
+    for i in rescued:
+        own[i] = int(prep.costs[1 + i][prep.units[1 + i].kinds == PROTECTED].sum())
+    kept = tuple(sorted(own))
+    return dataclasses.replace(budget, kept=kept, demo_budgets=tuple(own[i] for i in kept))
 
 
 def _tolerance(budget: Budget) -> int:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["ProtectRules", "Protected", "apply_rules"]
+__all__ = ["ProtectRules", "Protected", "apply_rules", "demands_keeping"]
 
 _FENCE = re.compile(r"(?ms)^[ \t]*(```|~~~)[^\n]*\n.*?(?:^[ \t]*\1[ \t]*$|\Z)")
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
@@ -140,3 +140,15 @@ def apply_rules(text: str, rules: ProtectRules | None) -> Protected:
         text, spans = _strip_keep_tags(text)
     spans.extend(_rule_spans(text, rules))
     return Protected(text, _merge(spans))
+
+
+def demands_keeping(text: str, rules: ProtectRules | None) -> bool:
+    """Whether ``text`` holds spans the caller asked for by name: ``<keep>`` regions or
+    user regexes (the proxy's "json" guard is one). Unlike code, JSON or URLs, which are
+    only kept from being mangled, these survive even when the text around them is dropped.
+    """
+    if rules is None:
+        return False
+    if rules.keep_tags and "<keep>" in text and _KEEP.search(text):
+        return True
+    return any(_compile(p).search(text) for p in rules.regexes)

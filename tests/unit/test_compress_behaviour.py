@@ -168,3 +168,20 @@ def test_same_bytes_in_another_process(tiny_compressor: Compressor) -> None:
     import json
 
     assert tuple(json.loads(out.stdout.strip().splitlines()[-1])) == here
+
+
+def test_protected_text_survives_in_demonstrations_the_budget_drops(
+    tiny_compressor: Compressor,
+) -> None:
+    # Eight demonstrations at rate 0.25: the rank fill drops most of them whole, but the
+    # protected order code in each is never dropped with them.
+    demos = [f"{sample_text(70, 40 + i)} ORD-{1000 + i} {sample_text(30, 90 + i)}"
+             for i in range(8)]
+    only_codes = ProtectRules(code=False, json=False, url=False, regexes=(r"ORD-\d+",))
+    result = tiny_compressor.compress("", demos, "", 0.25, protect=only_codes)
+    for i, out in enumerate(result.demonstrations):
+        assert f"ORD-{1000 + i}" in out
+    pairs = zip(result.demonstrations, demos, strict=True)
+    assert any(len(out) < len(d) / 4 for out, d in pairs)  # some were cut to little but the code
+    target = 0.25 * result.original_tokens
+    assert abs(result.compressed_tokens - target) <= max(8, 0.1 * target)
