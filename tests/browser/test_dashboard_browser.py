@@ -70,17 +70,35 @@ def _wait(browser: Chrome, css: str) -> Any:
     return WebDriverWait(browser, 10).until(ec.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def _gone(element: Any) -> bool:
+    """Whether ``element``'s page has been replaced. Chromium reports a node of the old
+    document either as stale or as "does not belong to the document" (a plain
+    WebDriverException), depending on how far the navigation got."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        element.is_enabled()
+    except WebDriverException:
+        return True
+    return False
+
+
 def _click_and_wait(browser: Chrome, element: Any, css: str) -> Any:
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     element.click()
-    WebDriverWait(browser, 10).until(ec.staleness_of(element))
+    WebDriverWait(browser, 10).until(lambda _: _gone(element))
     return _wait(browser, css)
 
 
 def _text(browser: Chrome, element_id: str) -> str:
-    return str(_wait(browser, f"#{element_id}").text)
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # Read in one go, retried if the node is replaced between finding and reading it.
+    wait = WebDriverWait(browser, 10, ignored_exceptions=(WebDriverException,))
+    return str(wait.until(lambda b: b.find_element(By.ID, element_id).text))
 
 
 def test_tenant_and_admin_views_in_chromium(
