@@ -448,18 +448,21 @@ class RedisLedger:
     ) -> list[LedgerRow]:
         """Rows for one tenant (or all when ``tenant`` is None), all-time or since ``since``."""
         await self.flush()
-        client = self._redis.client
-        if tenant is not None:
-            tenants = [tenant]
-        else:
-            members = await self._redis.call(lambda: client.smembers(_TENANTS_KEY))
-            if members is None:
-                raise LedgerUnavailable("redis ledger unreachable")
-            tenants = sorted(_text(m) for m in members)
+        tenants = await self._tenant_names(tenant)
         rows: list[LedgerRow] = []
         for name in tenants:
             rows.extend(await self._tenant_rows(name, since))
         return rows
+
+    async def _tenant_names(self, tenant: str | None) -> list[str]:
+        """``[tenant]``, or every tenant the ledger has seen (sorted) when None."""
+        if tenant is not None:
+            return [tenant]
+        client = self._redis.client
+        members = await self._redis.call(lambda: client.smembers(_TENANTS_KEY))
+        if members is None:
+            raise LedgerUnavailable("redis ledger unreachable")
+        return sorted(_text(m) for m in members)
 
     async def _tenant_rows(self, tenant: str, since: datetime | None) -> list[LedgerRow]:
         client = self._redis.client
@@ -500,13 +503,7 @@ class RedisLedger:
         inclusive, sorted by tenant, model, hour: three pipelined round-trips at most."""
         await self.flush()
         client = self._redis.client
-        if tenant is not None:
-            tenants = [tenant]
-        else:
-            members = await self._redis.call(lambda: client.smembers(_TENANTS_KEY))
-            if members is None:
-                raise LedgerUnavailable("redis ledger unreachable")
-            tenants = sorted(_text(m) for m in members)
+        tenants = await self._tenant_names(tenant)
 
         async def _models() -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
