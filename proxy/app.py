@@ -26,6 +26,7 @@ from proxy.policy import PolicyStore
 from proxy.routes import dispatch_v1, routes
 from proxy.services import Services, open_services
 from proxy.settings import Settings
+from proxy.tokens import encoding_for_model
 
 __all__ = ["ProxyApp", "ServicesFactory", "create_app", "create_app_from_env"]
 
@@ -52,6 +53,10 @@ def create_app(
                 active = await stack.enter_async_context((services or open_services)(settings))
             reloader = asyncio.create_task(_reload_policies(active.policies, reload_interval_s))
             stack.push_async_callback(_cancel, reloader)
+            # Every request counts tokens; parsing an encoding's rank file takes 1-2 s, which
+            # the first request per encoding would otherwise wait for. Off the event loop.
+            warm = asyncio.create_task(asyncio.to_thread(_load_encodings))
+            stack.push_async_callback(_settle, warm)
             # Everything built so far (modules, pools, a loaded model's many objects) lives as
             # long as the process: keep it out of the collector's full scans, whose pauses
             # would otherwise land on requests as tail latency.
@@ -96,6 +101,19 @@ async def _reload_policies(store: PolicyStore, interval_s: float) -> None:
             await asyncio.to_thread(store.reload_if_changed)
         except Exception as exc:  # the loop must survive anything a bad file can cause
             _log.error("policy reload failed: %s", type(exc).__name__)
+
+
+def _load_encodings() -> None:
+    for model in (None, "gpt-4o"):  # cl100k_base and o200k_base, the two there are
+        encoding_for_model(model)
+
+
+async def _settle(task: asyncio.Task[None]) -> None:
+    # A thread cannot be cancelled; shutdown waits the second or two it may still need.
+    try:
+        await task
+    except Exception as exc:  # a missing encoding package fails requests later, clearly
+        _log.warning("token encodings not preloaded: %s", type(exc).__name__)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
