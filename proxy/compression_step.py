@@ -149,8 +149,7 @@ class CompressionStep:
 
     async def _decide(self, raw: bytes, components: ChatComponents, tenant: Tenant,
                       policy: CompressionPolicy, override: Override, original: int) -> _Decision:
-        if policy.mode == "off":
-            return _Decision("off")
+        # mode "off" never gets here: __call__ answers it without splitting the body.
         if override.mode_off:
             return _Decision("skipped", "request_override")
         if not policy.applies_to(components.model):
