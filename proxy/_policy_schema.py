@@ -86,6 +86,13 @@ def _mode(value: object) -> str:
     return str(value)
 
 
+def _question_aware(value: object) -> bool | str:
+    if not isinstance(value, bool) and value != "auto":
+        shown = repr(value) if isinstance(value, str) else _kind(value)
+        raise _Invalid(f'must be true, false or "auto", got {shown}')
+    return value if isinstance(value, bool) else "auto"
+
+
 def _fill(value: object) -> str:
     if value not in ("rank", "uniform"):
         shown = repr(value) if isinstance(value, str) else _kind(value)
@@ -146,7 +153,7 @@ _COMPRESSION: dict[str, tuple[str, _Check]] = {
     "instruction_rate": ("instruction_rate", _rate),
     "question_rate": ("question_rate", _rate),
     "min_tokens": ("min_tokens", _integer(0)),
-    "question_aware": ("question_aware", _boolean),
+    "question_aware": ("question_aware", _question_aware),
     "segment_tokens": ("segment_tokens", _integer(16, 2048)),
     "granularity_k": ("granularity_k", _at_least(1.0, strict=False)),
     "fill": ("fill", _fill),

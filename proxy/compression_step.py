@@ -85,7 +85,7 @@ def _compress_unit(engine: CompressionEngine, unit: Unit, plan: Plan,
     r = engine.compress(
         "", [d.text for d in unit.demonstrations], unit.question_text, unit.rate,
         question_rate=policy.question_rate if with_q else 1.0,
-        question_aware=policy.question_aware and bool(unit.question_text), **common,
+        question_aware=unit.question_aware, **common,
     )
     return UnitResult((*r.demonstrations, *((r.question,) if with_q else ())))
 

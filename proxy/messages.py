@@ -20,6 +20,9 @@ Rules (what becomes what)
   ``Document [n]`` / ``Document n:`` headers at line starts (each header starts an
   item; the header itself stays). Leading/trailing whitespace never belongs to an
   item, so it always survives.
+* Items cut out of a text holding several documents, and ``tool`` / ``function``
+  results, are marked ``retrieved``: a policy's ``question_aware = "auto"`` ranks
+  them by the question (``proxy.plan``).
 * ``tool`` / ``function`` results that are JSON objects or arrays are not
   compressible (reason ``json_tool_result``) unless the policy allows it.
 * Only text is touched: ``image_url``, ``input_audio``, ``file`` and ``refusal`` parts,
@@ -94,6 +97,9 @@ class Item:
     role: str
     compressible: bool = True
     reason: str | None = None  # why not compressible
+    # One of several delimited documents of a text, or a tool/function result: context
+    # fetched for this question rather than a worked example (question_aware = "auto").
+    retrieved: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,14 +141,17 @@ class _Segment:
     start: int
     end: int
     document: bool  # inside <document> tags
+    split: bool = False  # the text was cut into documents (tags, separators or headers)
 
 
-def _trimmed(text: str, start: int, end: int, document: bool = False) -> _Segment | None:
+def _trimmed(
+    text: str, start: int, end: int, document: bool = False, split: bool = False
+) -> _Segment | None:
     while start < end and text[start].isspace():
         start += 1
     while end > start and text[end - 1].isspace():
         end -= 1
-    return _Segment(start, end, document) if start < end else None
+    return _Segment(start, end, document, split) if start < end else None
 
 
 def _segments(text: str) -> list[_Segment]:
@@ -164,7 +173,8 @@ def _segments(text: str) -> list[_Segment]:
             bounds.append((m.end(), nxt.start() if nxt else len(text), False))
     else:
         bounds = [(0, len(text), False)]
-    return [s for b in bounds if (s := _trimmed(text, *b)) is not None]
+    split = len(bounds) > 1
+    return [s for b in bounds if (s := _trimmed(text, *b, split=split)) is not None]
 
 
 def split_documents(text: str) -> list[tuple[int, int]]:
@@ -185,7 +195,7 @@ def _final_turn(text: str) -> Iterator[tuple[Kind, _Segment]]:
             continue
         breaks = list(_PARAGRAPH_BREAK.finditer(text, seg.start, seg.end))
         last = _trimmed(text, breaks[-1].end(), seg.end) if breaks else None
-        head = _trimmed(text, seg.start, breaks[-1].start()) if breaks else None
+        head = _trimmed(text, seg.start, breaks[-1].start(), split=seg.split) if breaks else None
         if last is None or head is None or seg.document:
             yield "question", seg
         else:
@@ -236,6 +246,7 @@ class _Builder:
                 role,
                 compressible=not protected,
                 reason="json_tool_result" if protected else None,
+                retrieved=seg.split or role in _TOOL_ROLES,
             )
         )
 

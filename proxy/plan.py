@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from proxy.cache import cache_key, canonical_json
 from proxy.compress.protect import ProtectRules
 from proxy.messages import ChatComponents, Item
-from proxy.policy import CompressionPolicy
+from proxy.policy import CompressionPolicy, QuestionAware
 from proxy.tokens import count_tokens, encoding_name_for_model
 
-__all__ = ["ALGO_VERSION", "Plan", "Unit", "plan_units"]
+__all__ = ["ALGO_VERSION", "Plan", "Unit", "plan_units", "ranks_by_question"]
 
 # Bump when compressor output for the same inputs changes: old cache entries then miss.
 ALGO_VERSION = "lingua-2"  # 2: rank fill, shape-class padding
@@ -48,6 +48,7 @@ class Unit:
     question_text: str  # passed for ranking/compression; "" when not part of the call
     rate: float
     key: str
+    question_aware: bool = False  # rank the demonstrations by the question
 
     @property
     def items(self) -> tuple[Item, ...]:
@@ -64,6 +65,20 @@ class Plan:
 
 def _grid(rate: float) -> float:
     return round(max(_MIN_RATE, min(1.0, round(rate / _RATE_GRID) * _RATE_GRID)), 4)
+
+
+def ranks_by_question(setting: QuestionAware, demonstrations: Sequence[Item]) -> bool:
+    """Whether the context unit ranks its demonstrations by p(question | demonstration).
+
+    ``"auto"`` turns it on for retrieved context only (delimited documents, tool
+    results), and only where there is something to rank: measured on synthetic retrieval
+    prompts, ranking by perplexity alone keeps the answer document about as often as
+    chance (bench/RESULTS.md), while ranking by the question kept it every time. Few-shot
+    turns stay question-independent, so their compressed block is shared in the cache.
+    """
+    if setting != "auto":
+        return bool(setting)
+    return len(demonstrations) > 1 and any(d.retrieved for d in demonstrations)
 
 
 def _protect(policy: CompressionPolicy, components: ChatComponents) -> ProtectRules:
@@ -115,7 +130,8 @@ def plan_units(
     demos = tuple(i for i in components.demonstrations if i.compressible)
     questions = [i for i in components.question if i.compressible]
     question = questions[0] if len(questions) == 1 else None
-    with_question = question is not None and (policy.question_rate < 1.0 or policy.question_aware)
+    aware = ranks_by_question(policy.question_aware, demos)
+    with_question = question is not None and (policy.question_rate < 1.0 or aware)
     ctx_tokens = sum(count_tokens(i.text, model) for i in demos)
     if with_question and question is not None:
         ctx_tokens += count_tokens(question.text, model)
@@ -126,8 +142,9 @@ def plan_units(
         knobs: dict[str, object] = {
             "rate": ctx_rate,
             "question_rate": policy.question_rate if with_question else 1.0,
-            "question_aware": policy.question_aware and bool(qtext),
+            "question_aware": aware and bool(qtext),
         }
         units.append(Unit("context", None, demos, question if with_question else None, qtext,
-                          ctx_rate, key("context", [*(d.text for d in demos), qtext], knobs)))
+                          ctx_rate, key("context", [*(d.text for d in demos), qtext], knobs),
+                          question_aware=aware and bool(qtext)))
     return Plan(tuple(units), protect)

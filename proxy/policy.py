@@ -39,6 +39,10 @@ __all__ = [
 
 Mode = Literal["enforce", "shadow", "off"]
 Fill = Literal["rank", "uniform"]
+# "auto": rank by the question only when the context holds retrieved documents or tool
+# results (proxy.messages marks them); few-shot turns stay question-independent, so a
+# shared few-shot block is compressed once and cached whatever the question.
+QuestionAware = bool | Literal["auto"]
 
 _LOG = logging.getLogger("linguagate.policy")
 
@@ -57,7 +61,7 @@ class CompressionPolicy:
     instruction_rate: float = 1.0
     question_rate: float = 1.0
     min_tokens: int = 200
-    question_aware: bool = False
+    question_aware: QuestionAware = "auto"
     segment_tokens: int = 128
     # "rank": best-ranked demonstrations whole, one cut (see proxy.compress.budget);
     # "uniform": the paper's cut-everything-alike coarse stage, where granularity_k applies.

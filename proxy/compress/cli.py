@@ -15,7 +15,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from proxy.policy import QuestionAware
 
 __all__ = ["add_subcommand"]
 
@@ -25,7 +28,7 @@ class _Settings:
     rate: float
     instruction_rate: float = 1.0
     question_rate: float = 1.0
-    question_aware: bool = False
+    question_aware: QuestionAware = "auto"
     segment_tokens: int = 128
     granularity_k: float = 1.0
     compress_json_tool_results: bool = False
@@ -116,6 +119,7 @@ def _compress_body(
 ) -> tuple[bytes, dict[str, Any]]:
     from proxy.compress import Compressor, ProtectRules
     from proxy.messages import compressor_inputs, replacements_for, split_chat
+    from proxy.plan import ranks_by_question
     from proxy.rewrite import replace_strings
 
     components = split_chat(body, compress_json_tool_results=settings.compress_json_tool_results)
@@ -133,7 +137,7 @@ def _compress_body(
         settings.rate,
         instruction_rate=settings.instruction_rate,
         question_rate=settings.question_rate,
-        question_aware=settings.question_aware,
+        question_aware=ranks_by_question(settings.question_aware, inputs.demonstration_items),
         target_model=target_model,
         segment_tokens=settings.segment_tokens,
         granularity_k=settings.granularity_k,

@@ -73,3 +73,27 @@ def test_question_aware_fill_keeps_the_best_document_whole(compressor: Compresso
     assert result.demonstrations[2] == DOCS[2]
     cut = [d for d, o in zip(result.demonstrations, DOCS, strict=True) if d and d != o]
     assert len(cut) <= 1
+
+
+def test_cli_default_policy_ranks_delimited_documents_by_the_question() -> None:
+    # question_aware = "auto" (the default): documents split by separators are retrieved
+    # context, so the passphrase document is the one kept whole.
+    import json
+    import subprocess
+    import sys
+
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "\n---\n".join(DOCS) + "\n\n" + QUESTION}],
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "compress", "--rate", "0.35", "--device", "cpu"],
+        input=json.dumps(body).encode(),
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    content = json.loads(done.stdout)["messages"][0]["content"]
+    assert DOCS[2] in content
+    assert content.endswith("\n\n" + QUESTION)
+    assert sum(1 for d in DOCS if d in content) < len(DOCS)

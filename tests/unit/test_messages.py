@@ -321,3 +321,31 @@ def test_body_text_tokens_matches_the_split_count() -> None:
     assert body_text_tokens(body, "gpt-4o") == text_token_count(split_chat(body), "gpt-4o")
     prompt = {"model": "x", "prompt": "Once upon a time.\n\nThe end?"}
     assert body_text_tokens(prompt) == text_token_count(split_completion(prompt))
+
+
+def test_retrieved_marks_documents_and_tool_results_not_few_shot_turns() -> None:
+    nq = (
+        "Write an answer using the search results.\n\nDocument [1](Title: A) Alpha.\n\n"
+        "Document [2](Title: B) Beta.\n\nQuestion: who?\nAnswer:"
+    )
+    body = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 2 + 2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "tool", "tool_call_id": "c1", "content": "The weather is sunny."},
+            {"role": "user", "content": nq},
+        ]
+    }
+    marked = [(i.text, i.retrieved) for i in split_chat(body).items if i.kind == "demonstration"]
+    assert marked == [
+        ("What is 2 + 2?", False),
+        ("4", False),
+        ("The weather is sunny.", True),
+        ("Write an answer using the search results.", True),
+        ("(Title: A) Alpha.", True),
+        ("(Title: B) Beta.", True),  # the question's own segment: its head is still a document
+    ]
+    plain = "First paragraph.\n\nSecond paragraph.\n\nWhat now?"
+    items = split_chat({"messages": [{"role": "user", "content": plain}]}).items
+    assert [(i.kind, i.retrieved) for i in items] == [("demonstration", False), ("question", False)]

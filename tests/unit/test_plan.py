@@ -1,5 +1,5 @@
 from proxy.messages import split_chat, text_token_count
-from proxy.plan import plan_units
+from proxy.plan import plan_units, ranks_by_question
 from proxy.policy import CompressionPolicy
 
 FEWSHOT = [
@@ -56,3 +56,48 @@ def test_context_rate_takes_what_the_fixed_parts_leave() -> None:
     # instruction and question are kept whole, so demonstrations must go below the overall 0.5
     assert 0.02 <= unit.rate < 0.5
     assert round(unit.rate / 0.02) * 0.02 == round(unit.rate, 4)
+
+
+def _docs_plan(question: str, policy: CompressionPolicy):
+    docs = "\n---\n".join(
+        f"Record {n}: the {name} depot opened in {1900 + n} and has {n * 7} staff."
+        for n, name in enumerate(["Kestrel", "Marlow", "Oakhurst", "Pinewood"], 1)
+    )
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": f"{docs}\n\n{question}"}]}
+    comps = split_chat(body)
+    return plan_units(comps, policy, rate=0.5, original_tokens=text_token_count(comps),
+                      tenant="a", model_id="m")
+
+
+def test_auto_ranks_retrieved_documents_by_the_question() -> None:
+    policy = CompressionPolicy(mode="enforce")
+    assert policy.question_aware == "auto"
+    a = _docs_plan("When did the Marlow depot open?", policy).units[0]
+    b = _docs_plan("How many staff has Pinewood?", policy).units[0]
+    assert a.question_aware and a.question_text == "When did the Marlow depot open?"
+    assert a.key != b.key
+
+
+def test_auto_keeps_few_shot_turns_question_independent() -> None:
+    unit = _plan("How many legs do 3 cats have?", CompressionPolicy(mode="enforce")).units[0]
+    assert not unit.question_aware and unit.question_text == ""
+
+
+def test_explicit_settings_override_auto() -> None:
+    off = _docs_plan("When did the Marlow depot open?",
+                     CompressionPolicy(mode="enforce", question_aware=False)).units[0]
+    assert not off.question_aware and off.question_text == ""
+    on = _plan("How many legs do 3 cats have?",
+               CompressionPolicy(mode="enforce", question_aware=True)).units[0]
+    assert on.question_aware and on.question_text
+
+
+def test_ranks_by_question_needs_something_to_rank() -> None:
+    comps = split_chat({"messages": [
+        {"role": "tool", "tool_call_id": "c", "content": "Only one result here."},
+        {"role": "user", "content": "What does it say?"},
+    ]})
+    demos = comps.demonstrations
+    assert len(demos) == 1 and demos[0].retrieved
+    assert not ranks_by_question("auto", demos)
+    assert ranks_by_question(True, demos)
