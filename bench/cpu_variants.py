@@ -39,7 +39,9 @@ if str(ROOT) not in sys.path:  # also runnable as `python bench/cpu_variants.py`
 
 # "sdpa" is also accepted; it is what the product's loader picks, i.e. the baseline.
 ALL_VARIANTS = ("baseline", "eager", "int8-dynamic", "torchao-int8", "compile", "bf16")
-# Compile costs minutes per shape on one thread; torchao's eager int8 path is a probe.
+# Measured once at the first length only (no end-to-end): known or found to be far slower.
+PROBES = ("bf16", "torchao-int8")
+# Compile costs minutes on one thread (cold cache); torchao is a probe anyway.
 QUICK_VARIANTS = ("baseline", "eager", "int8-dynamic", "bf16")
 LENGTHS = (500, 1200, 2400)
 _WORD = re.compile(r"\w+|[^\w\s]+")
@@ -173,8 +175,7 @@ def worker(
     text = (ROOT.parent / "shared" / "data" / "gsm8k_prompt_hardest.txt").read_text()
     ids = scorer.encode(text).ids  # real text: the GSM8K demonstrations (~2,700 tokens)
     lengths = _lengths(args.lengths)
-    # bf16 is only confirmed slow: one length, one timed pass.
-    if variant == "bf16":
+    if variant in PROBES:
         lengths, runs = lengths[:1], 1
     else:
         runs = args.runs
@@ -189,7 +190,7 @@ def worker(
         t = _time_forward(scorer, ids[:n], runs)
         result["forward"].append(asdict(t) | {"median_s": t.median_s})
         _progress(result, save, variant == "compile")
-    if variant != "bf16" and args.questions:
+    if variant not in PROBES and args.questions:
         comp = Compressor.from_pretrained_objects(model, tok, model_id=f"cpu-variant-{variant}")
         result["e2e"] = []
         for e in _e2e(comp, args.questions, args.reps):
