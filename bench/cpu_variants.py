@@ -6,12 +6,13 @@ RSS, no compile caches or quantised modules leaking between variants) and report
 output head) at ~500 / ~1,200 / ~2,400 tokens, median/min/max over ``--runs`` runs after
 a warm-up, and whether repeated passes give bit-identical NLLs; (b) end-to-end
 ``Compressor.compress`` on the GSM8K 8-shot prompt (rate 0.33, instruction and question
-whole, as in ``bench.compress_bench``), each question twice, with the output compared with
-the baseline's; (c) peak RSS. Lengths are exact shape-class widths minus the start token,
-so no variant pays for padding.
+whole, as in ``bench.compress_bench``), each question once and the first one again (same
+bytes run after run?), outputs compared with the baseline's; (c) peak RSS. Lengths are
+exact shape-class widths minus the start token, so no variant pays for padding. bf16 and
+torchao int8 are probes: one pass at the first length, no end-to-end.
 
-    .venv/bin/python -m bench.cpu_variants                  # full run, ~15-20 min at 1 thread
-    .venv/bin/python -m bench.cpu_variants --quick          # 1 length, 1 question, no compile
+    .venv/bin/python -m bench.cpu_variants                  # full run, ~25-30 min at 1 thread
+    .venv/bin/python -m bench.cpu_variants --quick          # baseline + int8, 1 length, 1 question
     .venv/bin/python -m bench.cpu_variants --variants baseline,int8-dynamic
 """
 
@@ -41,8 +42,8 @@ if str(ROOT) not in sys.path:  # also runnable as `python bench/cpu_variants.py`
 ALL_VARIANTS = ("baseline", "eager", "int8-dynamic", "torchao-int8", "compile", "bf16")
 # Measured once at the first length only (no end-to-end): known or found to be far slower.
 PROBES = ("bf16", "torchao-int8")
-# Compile costs minutes on one thread (cold cache); torchao is a probe anyway.
-QUICK_VARIANTS = ("baseline", "eager", "int8-dynamic", "bf16")
+# --quick fits ~2 min on an idle core: compile alone costs minutes (cold cache).
+QUICK_VARIANTS = ("baseline", "int8-dynamic")
 LENGTHS = (500, 1200, 2400)
 _WORD = re.compile(r"\w+|[^\w\s]+")
 
@@ -325,7 +326,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="1 length, 1 question, no compile")
+    ap.add_argument(
+        "--quick", action="store_true", help="baseline and int8 only, 1 length, 1 question"
+    )
     ap.add_argument("--variants", help=f"comma list of {','.join(ALL_VARIANTS)}")
     ap.add_argument("--runs", type=int, default=5, help="timed passes per length after warm-up")
     ap.add_argument("--reps", type=int, default=2, help="compressions of the first question")
