@@ -7,6 +7,9 @@ thread), created on first need, and the pool holds at most ``max_engines`` of th
 the default, the least recently used one being closed to make room: a model is hundreds of
 megabytes, and a typo in one policy must not exhaust the process's memory. An engine that
 cannot be loaded is ``down``: its requests fail open and ``/readyz`` says why.
+
+With ``--compressor-url`` the factory builds remote engines instead (``RemoteEngine`` for
+the workers and the model name), which the workers must serve (``--extra-model``).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class CompressorPool:
                 self._services[model] = service
             self._services.move_to_end(model)
         if evicted is not None:
-            evicted.close()  # in-flight work on it fails open (compressor_error)
+            _release(evicted)  # in-flight work on it fails open (compressor_error)
         service.start()
         return service
 
@@ -77,9 +80,25 @@ class CompressorPool:
         return {name: service.status for name, service in items}
 
     def close(self) -> None:
+        """Close every named engine, and release the default engine's connections."""
         with self._lock:
             self._closed = True
             services = list(self._services.values())
             self._services.clear()
         for service in services:
-            service.close()
+            _release(service)
+        # The default service is its owner's to close; its engine's connections (a remote
+        # engine's) are released here, as nothing else holds the engine.
+        _close_engine(self.default)
+
+
+def _release(service: CompressorService) -> None:
+    """Close ``service`` and what its engine holds (a remote engine's connections)."""
+    service.close()
+    _close_engine(service)
+
+
+def _close_engine(service: CompressorService) -> None:
+    close = getattr(service.engine, "close", None)
+    if callable(close):
+        close()

@@ -8,10 +8,15 @@ forwards prompts uncompressed with the skip reason ``queue_full``.
 
 Several workers (comma-separated URLs, e.g. a few per GPU when one process's Python side
 is the limit) are used in turn, call by call; they must serve the same model.
+A ``RemoteEngine`` is bound to one model: the workers' default (``model`` None) or a model
+a tenant policy names, which the workers must have been started with (``--extra-model``);
+its ``model_id`` (part of every cache key) is the one the workers report.
 
 Wire format (JSON): ``POST /v1/compress`` {instruction, demonstrations, question, rate,
-options} -> {result}; ``POST /v1/nll`` {text} -> {nll}; ``GET /v1/info`` -> {model_id,
-device}. Prompt text crosses this link: keep the worker on loopback or a private network.
+options[, model]} -> {result}; ``POST /v1/nll`` {text[, model]} -> {nll};
+``GET /v1/info[?model=NAME]`` -> {name, model_id, device, models, ...}; a model the worker
+does not serve is a 404 with code ``model_not_served``. Prompt text crosses this link: keep
+the worker on loopback or a private network.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RemoteDevice",
     "RemoteEngine",
+    "ModelNotServed",
     "RemoteError",
     "options_from_wire",
     "options_to_wire",
@@ -43,6 +49,10 @@ __all__ = [
 
 class RemoteError(RuntimeError):
     """The worker answered with an error (its message names only the error type)."""
+
+
+class ModelNotServed(RemoteError):
+    """The workers were not started with the model a policy names (``--extra-model``)."""
 
 
 @dataclass(frozen=True)
@@ -96,23 +106,30 @@ class RemoteEngine:
     parallel_calls = True
 
     def __init__(
-        self, clients: Sequence[httpx.Client], model_id: str, device: RemoteDevice
+        self,
+        clients: Sequence[httpx.Client],
+        model_id: str,
+        device: RemoteDevice,
+        model: str | None = None,
     ) -> None:
         self._clients = tuple(clients)
         self._turn = itertools.count()  # next() is atomic under the GIL
         self.model_id = model_id
         self.device = device
+        self.model = model  # the name the workers know it by (None: their default)
 
     @classmethod
     def connect(
         cls,
         urls: str,
         *,
+        model: str | None = None,
         wait_s: float = 30.0,
         timeout_s: float = 600.0,
     ) -> RemoteEngine:
-        """Ask each worker (``urls``: comma-separated) who it is, retrying while they start
-        (up to ``wait_s``); they must all serve the same model."""
+        """Ask each worker (``urls``: comma-separated) about ``model`` (None: its default),
+        retrying while they start or load it (up to ``wait_s``); they must all serve it, with
+        the same identity. A worker that does not serve it raises ``ModelNotServed`` at once."""
         clients: list[httpx.Client] = []
         infos: list[dict[str, Any]] = []
         try:
@@ -124,7 +141,19 @@ class RemoteEngine:
                         limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
                     )
                 )
-                infos.append(_wait_info(clients[-1], time.monotonic() + wait_s))
+                try:
+                    info = _wait_info(clients[-1], model, time.monotonic() + wait_s)
+                except ModelNotServed:
+                    raise ModelNotServed(
+                        f"compressor workers at {url} do not serve {model}; "
+                        f"start them with --extra-model {model}"
+                    ) from None
+                if model is not None and info.get("name") != model:
+                    # A worker from before named models answers with its default's identity.
+                    raise ModelNotServed(
+                        f"compressor worker at {url} cannot serve named models (upgrade it)"
+                    )
+                infos.append(info)
             models = {str(i["model_id"]) for i in infos}
             if len(models) != 1:
                 raise RemoteError(f"compressor workers serve different models: {sorted(models)}")
@@ -132,7 +161,7 @@ class RemoteEngine:
             for client in clients:
                 client.close()
             raise
-        return cls(clients, models.pop(), RemoteDevice(str(infos[0]["device"])))
+        return cls(clients, models.pop(), RemoteDevice(str(infos[0]["device"])), model)
 
     @property
     def _client(self) -> httpx.Client:
@@ -146,27 +175,35 @@ class RemoteEngine:
         rate: float,
         **options: Any,
     ) -> CompressionResult:
-        body = {
+        body: dict[str, Any] = {
             "instruction": instruction,
             "demonstrations": list(demonstrations),
             "question": question,
             "rate": rate,
             "options": options_to_wire(options),
         }
+        if self.model is not None:
+            body["model"] = self.model
         return result_from_wire(_json(self._client.post("/v1/compress", json=body))["result"])
 
     def mean_nll(self, text: str) -> float:
-        return float(_json(self._client.post("/v1/nll", json={"text": text}))["nll"])
+        body: dict[str, Any] = {"text": text}
+        if self.model is not None:
+            body["model"] = self.model
+        return float(_json(self._client.post("/v1/nll", json=body))["nll"])
 
     def close(self) -> None:
         for client in self._clients:
             client.close()
 
 
-def _wait_info(client: httpx.Client, deadline: float) -> dict[str, Any]:
+def _wait_info(client: httpx.Client, model: str | None, deadline: float) -> dict[str, Any]:
+    params = {} if model is None else {"model": model}
     while True:
         try:
-            return _json(client.get("/v1/info"))
+            return _json(client.get("/v1/info", params=params))
+        except ModelNotServed:
+            raise  # the worker is up and answered: waiting will not change its model list
         except (httpx.TransportError, RemoteError):
             if time.monotonic() > deadline:
                 raise
@@ -178,9 +215,12 @@ def _json(response: httpx.Response) -> dict[str, Any]:
         raise QueueFull("the compressor worker's queue is full")
     if response.status_code != 200:
         try:
-            message = response.json()["error"]["message"]
+            error = response.json()["error"]
+            message, code = str(error["message"]), error.get("code")
         except (ValueError, KeyError, TypeError):
-            message = f"HTTP {response.status_code}"
+            message, code = f"HTTP {response.status_code}", None
+        if response.status_code == 404 and code == "model_not_served":
+            raise ModelNotServed(f"compressor worker: {message}")
         raise RemoteError(f"compressor worker: {message}")
     data: dict[str, Any] = response.json()
     return data

@@ -9,6 +9,7 @@ own. Tests and the integration step pass their own pieces (a mock transport, a c
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -96,15 +97,16 @@ def policy_models(policies: PolicyStore) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _default_engine(settings: Settings) -> CompressionEngine:
-    """The default engine: a remote `compressor-worker` (--compressor-url) or a local model.
-
-    Policies naming their own model (the pool) always load it here: a worker serves one."""
+def _default_engine(settings: Settings, model: str | None = None) -> CompressionEngine:
+    """The engine for `model` (None: the default): the `compressor-worker`s' (--compressor-url)
+    or a model loaded in this process. Workers serve a policy-named model only when started
+    with `--extra-model` naming it; otherwise its service is down (requests fail open)."""
     if settings.compressor_url:
         from proxy.compressor_remote import RemoteEngine
 
-        return RemoteEngine.connect(settings.compressor_url)
-    return _load_engine(settings)
+        return RemoteEngine.connect(settings.compressor_url, model=model)
+    return _load_engine(settings if model is None
+                        else settings.with_overrides(compressor_model=model))
 
 
 def _load_engine(settings: Settings) -> CompressionEngine:
@@ -219,13 +221,30 @@ def _model_probe(compressor: CompressorService, policies: PolicyStore) -> Probe:
 
 
 def _pool(settings: Settings, default: CompressorService) -> CompressorPool:
-    def make(model: str) -> CompressorService:
-        own = settings.with_overrides(compressor_model=model)
-        return CompressorService(lambda: _load_engine(own), max_workers=settings.compress_workers,
-                                 max_pending=settings.compress_queue, description=model,
-                                 batching=batching_for(settings))
+    remote = settings.compressor_url is not None
+    # Local loads one at a time, after the default's: transformers' from_pretrained is not
+    # thread-safe (concurrent loads fail "Cannot copy out of meta tensor").
+    loading = threading.Lock()
 
-    return CompressorPool(default, make, default_name=settings.compressor_model)
+    def load(model: str) -> CompressionEngine:
+        if remote:
+            return _default_engine(settings, model)
+        if default.status[0] == "loading":
+            default.wait_ready()
+        with loading:
+            return _default_engine(settings, model)
+
+    def make(model: str) -> CompressorService:
+        return CompressorService(lambda: load(model),
+                                 max_workers=settings.compress_workers,
+                                 max_pending=settings.compress_queue,
+                                 description=f"{model} at {settings.compressor_url}" if remote
+                                 else model, batching=batching_for(settings))
+
+    # With workers every name goes to them (they know their default's name; this process's
+    # --compressor-model is not what they run), and a remote engine costs only connections.
+    return CompressorPool(default, make, default_name=None if remote else settings.compressor_model,
+                          max_engines=16 if remote else 2)
 
 
 def _pool_probe(pool: CompressorPool, policies: PolicyStore) -> Probe:
