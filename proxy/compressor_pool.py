@@ -9,12 +9,14 @@ megabytes, and a typo in one policy must not exhaust the process's memory. An en
 cannot be loaded is ``down``: its requests fail open and ``/readyz`` says why.
 
 With ``--compressor-url`` the factory builds remote engines instead (``RemoteEngine`` for
-the workers and the model name), which the workers must serve (``--extra-model``).
+the workers and the model name), which the workers must serve (``--extra-model``); a down
+one is retried (``retry_down_s``) when next asked for, as workers change without the proxy.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
@@ -33,6 +35,7 @@ class CompressorPool:
         *,
         default_name: str | None = None,
         max_engines: int = 2,
+        retry_down_s: float | None = None,
     ) -> None:
         if max_engines < 1:
             raise ValueError("max_engines must be >= 1")
@@ -41,6 +44,11 @@ class CompressorPool:
         self._default_name = default_name
         self._max = max_engines
         self._services: OrderedDict[str, CompressorService] = OrderedDict()
+        # A down engine is built anew when asked for this long after it was made (None:
+        # never): remote workers may come up, or be restarted with the model, later.
+        self._retry_down_s = retry_down_s
+        self._made: dict[str, float] = {}
+        self._retries: dict[str, CompressorService] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -48,29 +56,64 @@ class CompressorPool:
         """The service for ``model`` (created and started loading when new)."""
         if model is None or model == self._default_name:
             return self.default
-        evicted: CompressorService | None = None
+        released: list[CompressorService] = []
         with self._lock:
             service = self._services.get(model)
             if service is None:
                 if self._closed:
                     raise RuntimeError("compressor pool is closed")
                 if len(self._services) >= self._max:
-                    _, evicted = self._services.popitem(last=False)
+                    name, evicted = self._services.popitem(last=False)
+                    released += [evicted, *self._forget(name)]
                 service = self._factory(model)
                 self._services[model] = service
+                self._made[model] = time.monotonic()
+            else:
+                service = self._retry(model, service, released)
             self._services.move_to_end(model)
-        if evicted is not None:
-            _release(evicted)  # in-flight work on it fails open (compressor_error)
+        for old in released:
+            _release(old)  # in-flight work on it fails open (compressor_error)
         service.start()
         return service
 
+    def _retry(
+        self, model: str, service: CompressorService, released: list[CompressorService]
+    ) -> CompressorService:
+        """``service``, or the retry of it that has finished loading (under the lock).
+
+        The down service keeps answering (fail open) while its retry loads, so a retry
+        never shows as ``loading``."""
+        retry = self._retries.get(model)
+        if retry is not None and retry.wait_ready(0):
+            del self._retries[model]
+            self._services[model] = retry
+            self._made[model] = time.monotonic()
+            released.append(service)
+            return retry
+        if retry is None and self._due_retry(model, service):
+            self._retries[model] = retry = self._factory(model)
+            retry.start()
+        return service
+
+    def _due_retry(self, model: str, service: CompressorService) -> bool:
+        return (self._retry_down_s is not None and service.status[0] == "down"
+                and time.monotonic() - self._made.get(model, 0.0) >= self._retry_down_s)
+
+    def _forget(self, model: str) -> list[CompressorService]:
+        self._made.pop(model, None)
+        retry = self._retries.pop(model, None)
+        return [] if retry is None else [retry]
+
     def ensure(self, models: Iterable[str | None]) -> None:
-        """Start loading every named model now (at start-up and policy reloads), up to the bound."""
+        """Start loading every named model now (at start-up and policy reloads), up to the bound;
+        start (and, once loaded, use) retries of down ones that are due."""
         wanted = [m for m in dict.fromkeys(models) if m is not None and m != self._default_name]
         for model in wanted[: self._max]:
             with self._lock:
-                present = model in self._services
-            if not present:
+                service = self._services.get(model)
+                settled = (service is not None and model not in self._retries
+                           and not self._due_retry(model, service))
+            if not settled:
                 self.service_for(model)
 
     def statuses(self) -> dict[str, tuple[str, str | None]]:
@@ -83,8 +126,9 @@ class CompressorPool:
         """Close every named engine, and release the default engine's connections."""
         with self._lock:
             self._closed = True
-            services = list(self._services.values())
+            services = [*self._services.values(), *self._retries.values()]
             self._services.clear()
+            self._retries.clear()
         for service in services:
             _release(service)
         # The default service is its owner's to close; its engine's connections (a remote

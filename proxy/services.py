@@ -244,7 +244,7 @@ def _pool(settings: Settings, default: CompressorService) -> CompressorPool:
     # With workers every name goes to them (they know their default's name; this process's
     # --compressor-model is not what they run), and a remote engine costs only connections.
     return CompressorPool(default, make, default_name=None if remote else settings.compressor_model,
-                          max_engines=16 if remote else 2)
+                          max_engines=16 if remote else 2, retry_down_s=15.0 if remote else None)
 
 
 def _pool_probe(pool: CompressorPool, policies: PolicyStore) -> Probe:

@@ -237,3 +237,34 @@ def test_the_worker_cli_takes_repeatable_extra_models() -> None:
                               "--extra-model", "org/other-135m"])
     assert args.extra_model == ["/models/aligned", "org/other-135m"]
     assert parser.parse_args(["compressor-worker"]).extra_model == []
+
+
+def test_the_pool_retries_a_down_engine_only_when_asked_to(tiny_compressor: Compressor) -> None:
+    from proxy.compressor_pool import CompressorPool
+
+    attempts: list[str] = []
+
+    def factory(model: str) -> CompressorService:
+        attempts.append(model)
+        if len(attempts) == 1:  # the workers did not serve it yet
+            return CompressorService(_fail_to_load)
+        return CompressorService.ready(tiny_compressor)
+
+    default = CompressorService.ready(tiny_compressor)
+    for retry in (None, 0.0):
+        attempts.clear()
+        pool = CompressorPool(default, factory, retry_down_s=retry)
+        first = pool.service_for("aligned")
+        assert first.wait_ready(10) and first.status[0] == "down"
+        pool.ensure(["aligned"])  # the /readyz probe's call: starts a due retry
+        # While the retry loads, the down service still answers (never "loading").
+        assert pool.statuses()["aligned"][0] in ("down", "ok")
+        deadline = time.monotonic() + 10
+        while pool.service_for("aligned") is first and time.monotonic() < deadline:
+            time.sleep(0.01)
+            if retry is None:
+                break
+        assert pool.service_for("aligned").status[0] == ("down" if retry is None else "ok")
+        assert pool.statuses()["aligned"][0] == ("down" if retry is None else "ok")
+        assert len(attempts) == (1 if retry is None else 2)
+        pool.close()
