@@ -8,7 +8,8 @@ A full queue answers 429 (the proxy forwards uncompressed: ``queue_full``).
 
 Besides its default model (``--compressor-model``) a worker serves the models listed with
 ``--extra-model NAME`` (the strings tenant policies use in ``[compression] model = ...``),
-each with its own executor and batcher, all loaded in the background at start. Requests
+each with its own executor and batcher, loaded in the background at start (one at a
+time: transformers cannot load two models at once in one process). Requests
 pick one with ``"model"`` (absent: the default); a name it was not started with is a 404
 (``model_not_served``), never a load.
 
