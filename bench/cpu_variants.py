@@ -288,7 +288,8 @@ def table(results: Sequence[dict[str, Any]], originals: list[list[str]]) -> str:
             cells += [f"{med:.2f}", _ratio(med, bmed), f"{same}/{len(e2e)}"]
             cells += [f"{statistics.mean(dis):.1%}" if dis else "-"]
             cells += [f"{statistics.mean(e['rate'] for e in e2e):.3f}"]
-            cells += [f"{sum(e['repeat_identical'] for e in e2e)}/{len(e2e)}"]
+            again = [e for e in e2e if len(e["seconds"]) > 1]
+            cells += [f"{sum(e['repeat_identical'] for e in again)}/{len(again)}"]
         else:
             cells += ["-"] * 6
         repeat_fwd = all(t["repeat_identical"] for t in r["forward"])
