@@ -125,7 +125,6 @@ def gsm8k_samples(data: Path, n_questions: int, settings: Sequence[str]) -> list
                 "suffix": GSM_SUFFIX,
                 "answer": _gsm_answer(row["answer"]),
                 "fact": intact,
-                "methods": ("ours", "llmlingua", "random", "head"),
             }
             if setting == "200":
                 # The notebook compresses the demonstrations alone, question-independent.
@@ -136,6 +135,7 @@ def gsm8k_samples(data: Path, n_questions: int, settings: Sequence[str]) -> list
                         question="",
                         rate=None,
                         target_tokens=200,
+                        methods=("ours", "llmlingua", "random", "head"),
                         **common,
                     )
                 )
@@ -147,6 +147,7 @@ def gsm8k_samples(data: Path, n_questions: int, settings: Sequence[str]) -> list
                         question=question,
                         rate=float(setting),
                         target_tokens=None,
+                        methods=("ours", "ours-qa", "llmlingua", "random", "head"),
                         **common,
                     )
                 )
@@ -177,7 +178,10 @@ def retrieval_samples(sizes: Sequence[int], counts: Sequence[int], rate: float) 
                     suffix=RET_SUFFIX,
                     answer=" " + rc.answer,
                     fact=kept,
-                    methods=("ours", "ours-qa", "llmlingua", "longllmlingua", "random", "head"),
+                    methods=(
+                        "ours", "ours-spread", "ours-qa", "llmlingua", "longllmlingua", "random",
+                        "head",
+                    ),
                 )
             )
     return out
@@ -320,6 +324,10 @@ def run_ours(comp: Any, s: Sample, method: str, cuda: bool) -> Outcome:
         s.rate or 1.0,
         target_tokens=s.target_tokens,
         question_aware=(method == "ours-qa"),
+        # What the proxy does with retrieved documents it may not rank by the question
+        # (proxy.plan): every document cut word by word rather than some kept whole.
+        **({"fill": "uniform", "granularity_k": 1.0 / (s.rate or 1.0)}
+           if method == "ours-spread" else {}),
     )
     if cuda:
         torch.cuda.synchronize()
@@ -395,12 +403,18 @@ class Row:
     peak_mb: float | None
 
 
-_ORDER = ["full", "no-context", "ours", "ours-qa", "llmlingua", "longllmlingua", "random", "head"]
+_ORDER = [
+    "full", "no-context", "ours", "ours-spread", "ours-qa", "llmlingua", "longllmlingua",
+    "random", "head",
+]
+# Each of our methods and the reference method it is compared with.
+_PAIRS = (("ours", "llmlingua"), ("ours-spread", "llmlingua"), ("ours-qa", "longllmlingua"))
 LABEL = {
     "full": "full prompt",
     "no-context": "no demos/docs",
     "ours": "ours",
     "ours-qa": "ours question-aware",
+    "ours-spread": "ours, every doc cut",
     "llmlingua": "reference LLMLingua",
     "longllmlingua": "reference LongLLMLingua",
     "random": "random drop",
@@ -492,8 +506,8 @@ def checks(rows: Sequence[Row]) -> list[str]:
     by = {(r.case, r.method): r for r in rows}
     out = []
     for case in dict.fromkeys(r.case for r in rows):
-        ours = [by[(case, m)] for m in ("ours", "ours-qa") if (case, m) in by]
-        for refm, ourm in (("llmlingua", "ours"), ("longllmlingua", "ours-qa")):
+        ours = [by[(case, m)] for m, _ in _PAIRS if (case, m) in by]
+        for refm, ourm in ((r, o) for o, r in _PAIRS):
             ref, mine = by.get((case, refm)), by.get((case, ourm))
             if ref and mine and ref.t_med and mine.t_med is not None:
                 ratio = mine.t_med / ref.t_med
@@ -510,7 +524,7 @@ def checks(rows: Sequence[Row]) -> list[str]:
                 f"{'within' if ok else 'OUTSIDE'} ±10% (or ±8 tok)"
             )
         # Facts: each of ours against its reference counterpart and against head truncation.
-        for ourm, refm in (("ours", "llmlingua"), ("ours-qa", "longllmlingua")):
+        for ourm, refm in _PAIRS:
             mine = by.get((case, ourm))
             if not mine or mine.facts != mine.facts:
                 continue
@@ -523,7 +537,7 @@ def checks(rows: Sequence[Row]) -> list[str]:
             if parts:
                 out.append(f"{case}: facts kept {LABEL[ourm]} {mine.facts:.2f} " + ", ".join(parts))
         # Judge: is the compressed prompt better than none at all, and than the reference's?
-        for ourm, refm in (("ours", "llmlingua"), ("ours-qa", "longllmlingua")):
+        for ourm, refm in _PAIRS:
             mine, bare, ref = (
                 by.get((case, ourm)),
                 by.get((case, "no-context")),
