@@ -178,10 +178,7 @@ def retrieval_samples(sizes: Sequence[int], counts: Sequence[int], rate: float) 
                     suffix=RET_SUFFIX,
                     answer=" " + rc.answer,
                     fact=kept,
-                    methods=(
-                        "ours", "ours-spread", "ours-qa", "llmlingua", "longllmlingua", "random",
-                        "head",
-                    ),
+                    methods=("ours", "ours-qa", "llmlingua", "longllmlingua", "random", "head"),
                 )
             )
     return out
@@ -324,10 +321,6 @@ def run_ours(comp: Any, s: Sample, method: str, cuda: bool) -> Outcome:
         s.rate or 1.0,
         target_tokens=s.target_tokens,
         question_aware=(method == "ours-qa"),
-        # What the proxy does with retrieved documents it may not rank by the question
-        # (proxy.plan): every document cut word by word rather than some kept whole.
-        **({"fill": "uniform", "granularity_k": 1.0 / (s.rate or 1.0)}
-           if method == "ours-spread" else {}),
     )
     if cuda:
         torch.cuda.synchronize()
@@ -403,18 +396,14 @@ class Row:
     peak_mb: float | None
 
 
-_ORDER = [
-    "full", "no-context", "ours", "ours-spread", "ours-qa", "llmlingua", "longllmlingua",
-    "random", "head",
-]
+_ORDER = ["full", "no-context", "ours", "ours-qa", "llmlingua", "longllmlingua", "random", "head"]
 # Each of our methods and the reference method it is compared with.
-_PAIRS = (("ours", "llmlingua"), ("ours-spread", "llmlingua"), ("ours-qa", "longllmlingua"))
+_PAIRS = (("ours", "llmlingua"), ("ours-qa", "longllmlingua"))
 LABEL = {
     "full": "full prompt",
     "no-context": "no demos/docs",
     "ours": "ours",
     "ours-qa": "ours question-aware",
-    "ours-spread": "ours, every doc cut",
     "llmlingua": "reference LLMLingua",
     "longllmlingua": "reference LongLLMLingua",
     "random": "random drop",
