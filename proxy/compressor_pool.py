@@ -116,6 +116,12 @@ class CompressorPool:
             if not settled:
                 self.service_for(model)
 
+    def services(self) -> dict[str, CompressorService]:
+        """Every engine by name, the default included (as its name, else ``"default"``)."""
+        with self._lock:
+            named = dict(self._services)
+        return {self._default_name or "default": self.default, **named}
+
     def statuses(self) -> dict[str, tuple[str, str | None]]:
         """Model name -> (state, detail) of every engine besides the default."""
         with self._lock:

@@ -28,11 +28,13 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from proxy.compressor_metrics import CompressorCollector
 from proxy.compressor_remote import options_from_wire, result_to_wire
 from proxy.compressor_service import CompressionEngine, CompressorService, batching_for
 from proxy.executor import QueueFull
@@ -94,6 +96,9 @@ class _Models:
                       f"(named models it serves: {served or 'none'}; "
                       f"start it with --extra-model {name})",
                       "invalid_request_error", "model_not_served")
+
+    def by_name(self) -> dict[str, CompressorService]:
+        return {self.default_name or "default": self.default, **self.others}
 
     def listing(self) -> list[dict[str, Any]]:
         out = []
@@ -186,6 +191,12 @@ def create_worker_app(
     async def info(request: Request) -> Response:
         return _info(models, request)
 
+    registry = CollectorRegistry(auto_describe=True)  # per app: tests run several workers
+    registry.register(CompressorCollector(models.by_name))
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": service.status[0],
                              "models": {n: s.status[0] for n, s in models.others.items()}})
@@ -206,6 +217,7 @@ def create_worker_app(
             Route("/v1/nll", nll, methods=["POST"]),
             Route("/v1/info", info, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -17,6 +17,7 @@ Exported series (counters carry the ``_total`` suffix on the wire)::
     linguagate_compression_seconds{tenant,model}           histogram of compression latency
     linguagate_redis_up{component}                         1/0 per Redis-backed component
     linguagate_backend_errors_total{component,backend}     failed cache/ledger operations
+    linguagate_compressor_*{model}                         engines: see proxy.compressor_metrics
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ class Metrics:
             registry=r,
         )
         r.register(self._backends)
+
+    def add_collector(self, collector: Collector) -> None:
+        """Serve another collector's series too (e.g. ``proxy.compressor_metrics``)."""
+        self.registry.register(collector)
 
     def add_backend(self, component: str, status: Callable[[], BackendStatus]) -> None:
         """Expose a cache/ledger ``status`` as ``linguagate_redis_up`` and error counts."""

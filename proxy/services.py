@@ -20,6 +20,7 @@ import httpx
 
 from proxy.accounting import Accountant
 from proxy.cache import CompressionCache, MemoryCache, RedisCache, RedisSettings, connect_redis
+from proxy.compressor_metrics import CompressorCollector
 from proxy.compressor_pool import CompressorPool
 from proxy.compressor_service import CompressorService, batching_for
 from proxy.metrics import Metrics
@@ -181,6 +182,7 @@ async def open_services(
         all_probes.setdefault("model", _model_probe(compressor, policies))
         pool = _pool(settings, compressor)
         stack.callback(pool.close)
+        metrics.add_collector(CompressorCollector(pool.services))
         pool.ensure(policy_models(policies))
         all_probes.setdefault("models", _pool_probe(pool, policies))
         from proxy.alignment.capture import CaptureWriter

@@ -103,6 +103,10 @@ def test_ledger_matches_headers(
     saved = _sample(response.text, "linguagate_saved_tokens_total", tenant="ledger", model=MODEL)
     assert saved == sums["original"] - sums["forwarded"]
     assert "linguagate_compression_rate_bucket" in response.text
+    # The engine that compressed them: loaded, idle now, its queue bound visible.
+    assert _sample(response.text, "linguagate_compressor_up", model="default") == 1.0
+    assert _sample(response.text, "linguagate_compressor_pending", model="default") == 0.0
+    assert _sample(response.text, "linguagate_compressor_pending_limit", model="default") >= 1
 
 
 def metrics(stack: CompressionStack, tenant: str) -> httpx.Response:

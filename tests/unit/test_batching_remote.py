@@ -167,3 +167,37 @@ def test_several_workers_are_used_in_turn_and_must_serve_one_model(
         assert (a.calls, b.calls) == (2, 2)
         with pytest.raises(RemoteError, match="different models"):
             RemoteEngine.connect(f"{wa.url},{wc.url}")
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    import re
+
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and dict(re.findall(r'(\w+)="([^"]*)"', match[1])) == labels:
+            return float(match[2])
+    raise AssertionError(f"no sample {name}{labels}")
+
+
+def test_worker_metrics_report_batching_and_the_queue_bound(worker: ServerThread) -> None:
+    import httpx
+
+    remote = RemoteEngine.connect(worker.url)
+    try:
+        remote.compress("", [sample_text(50, 7), sample_text(40, 8)], "", 0.5)
+    finally:
+        remote.close()
+    text = httpx.get(worker.url + "/metrics", timeout=10).text
+    assert _metric(text, "linguagate_compressor_up", model="default") == 1.0
+    assert _metric(text, "linguagate_compressor_pending", model="default") == 0.0
+    assert _metric(text, "linguagate_compressor_pending_limit", model="default") == 16.0
+    forwards = _metric(text, "linguagate_compressor_batch_forwards_total", model="default")
+    jobs = _metric(text, "linguagate_compressor_batch_jobs_total", model="default")
+    assert jobs >= forwards >= 1
+    real = _metric(text, "linguagate_compressor_batch_tokens_total", model="default", kind="real")
+    padded = _metric(
+        text, "linguagate_compressor_batch_tokens_total", model="default", kind="padded"
+    )
+    assert 0 < real <= padded
+    assert _metric(text, "linguagate_compressor_batch_queued", model="default") == 0.0
+    assert "linguagate_compressor_peak_gpu_bytes{" not in text  # CPU: no GPU series
