@@ -10,7 +10,9 @@ Rules (what becomes what)
 * The **final user turn** (the last ``user`` message): its last text part is split
   into documents (below); the last segment's last paragraph (after the last blank
   line) is the **question**, everything before it in that message is
-  **demonstrations**. A final turn with a single paragraph is all question.
+  **demonstrations**, one per paragraph (blank lines inside code fences, ``<keep>``
+  regions or open brackets do not cut: each protection rule needs its whole span).
+  A final turn with a single paragraph is all question.
 * Every other ``user``, ``assistant``, ``tool`` and ``function`` message text ->
   **demonstrations**, one item per document (below) of each text (or text part).
 * A text holds several documents when it contains ``<document ...>...</document>``
@@ -20,9 +22,10 @@ Rules (what becomes what)
   ``Document [n]`` / ``Document n:`` headers at line starts (each header starts an
   item; the header itself stays). Leading/trailing whitespace never belongs to an
   item, so it always survives.
-* Items cut out of a text holding several documents, and ``tool`` / ``function``
-  results, are marked ``retrieved``: a policy's ``question_aware = "auto"`` ranks
-  them by the question (``proxy.plan``).
+* Items cut out of a text holding several documents or paragraphs, and ``tool`` /
+  ``function`` results, are marked ``retrieved``: a policy's ``question_aware =
+  "auto"`` ranks them by the question (``proxy.plan``). Earlier user/assistant turns
+  (few-shot examples, conversation) are not.
 * ``tool`` / ``function`` results that are JSON objects or arrays are not
   compressible (reason ``json_tool_result``) unless the policy allows it.
 * Only text is touched: ``image_url``, ``input_audio``, ``file`` and ``refusal`` parts,
@@ -97,8 +100,9 @@ class Item:
     role: str
     compressible: bool = True
     reason: str | None = None  # why not compressible
-    # One of several delimited documents of a text, or a tool/function result: context
-    # fetched for this question rather than a worked example (question_aware = "auto").
+    # One of several documents or paragraphs of a text, or a tool/function result: context
+    # given for this question rather than a separate worked-example turn
+    # (question_aware = "auto" ranks these by the question).
     retrieved: bool = False
 
 
@@ -141,7 +145,7 @@ class _Segment:
     start: int
     end: int
     document: bool  # inside <document> tags
-    split: bool = False  # the text was cut into documents (tags, separators or headers)
+    split: bool = False  # cut into documents (tags, separators, headers) or paragraphs
 
 
 def _trimmed(
@@ -199,8 +203,52 @@ def _final_turn(text: str) -> Iterator[tuple[Kind, _Segment]]:
         if last is None or head is None or seg.document:
             yield "question", seg
         else:
-            yield "demonstration", head
+            for para in _paragraphs(text, head):
+                yield "demonstration", para
             yield "question", last
+
+
+_FENCE = re.compile(r"^[ \t]*(?:```|~~~)", re.MULTILINE)
+_KEEP_REGION = re.compile(r"(?s)<keep>.*?</keep>")
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _unsafe_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Where a blank line must not cut: code fences, ``<keep>`` regions, open brackets.
+
+    Cutting there would leave each half without the whole span its protection rule needs
+    (a fence's two ends, a keep region's two tags, a JSON value's brackets), and the halves
+    would then be compressed as prose."""
+    spans = [(m.start(), m.end()) for m in _KEEP_REGION.finditer(text, start, end)]
+    fences = [m.start() for m in _FENCE.finditer(text, start, end)]
+    spans += [(a, b) for a, b in zip(fences[::2], [*fences[1::2], end], strict=False)]
+    depth, opened = 0, start
+    for m in _BRACKET.finditer(text, start, end):  # brackets only: prose costs nothing
+        if m[0] in "[{":
+            if depth == 0:
+                opened = m.start()
+            depth += 1
+        elif depth:
+            depth -= 1
+            if depth == 0:
+                spans.append((opened, m.end()))
+    if depth:
+        spans.append((opened, end))  # never closed: no cut after it
+    return spans
+
+
+def _paragraphs(text: str, seg: _Segment) -> list[_Segment]:
+    """``seg`` cut at its blank lines into paragraphs, except inside fences, keep regions
+    and brackets (see ``_unsafe_spans``): the budget controller's demonstrations."""
+    unsafe = _unsafe_spans(text, seg.start, seg.end)
+    cuts = [
+        m for m in _PARAGRAPH_BREAK.finditer(text, seg.start, seg.end)
+        if not any(a < m.start() and m.end() <= b + 1 for a, b in unsafe)
+    ]
+    bounds = zip([seg.start, *(m.end() for m in cuts)], [*(m.start() for m in cuts), seg.end],
+                 strict=True)
+    split = seg.split or bool(cuts)
+    return [p for a, b in bounds if (p := _trimmed(text, a, b, split=split)) is not None]
 
 
 def _is_json(text: str) -> bool:

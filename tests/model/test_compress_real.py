@@ -75,16 +75,17 @@ def test_question_aware_fill_keeps_the_best_document_whole(compressor: Compresso
     assert len(cut) <= 1
 
 
-def test_cli_default_policy_ranks_delimited_documents_by_the_question() -> None:
-    # question_aware = "auto" (the default): documents split by separators are retrieved
-    # context, so the passphrase document is the one kept whole.
+@pytest.mark.parametrize("separator", ["\n---\n", "\n\n"])
+def test_cli_default_policy_ranks_pasted_documents_by_the_question(separator: str) -> None:
+    # question_aware = "auto" (the default): documents or paragraphs pasted before the
+    # question are context for it, so the passphrase document is the one kept whole.
     import json
     import subprocess
     import sys
 
     body = {
         "model": "gpt-4o",
-        "messages": [{"role": "user", "content": "\n---\n".join(DOCS) + "\n\n" + QUESTION}],
+        "messages": [{"role": "user", "content": separator.join(DOCS) + "\n\n" + QUESTION}],
     }
     done = subprocess.run(
         [sys.executable, "-m", "proxy", "compress", "--rate", "0.35", "--device", "cpu"],

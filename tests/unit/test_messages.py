@@ -46,7 +46,8 @@ def test_final_turn_last_paragraph_is_the_question() -> None:
     text = "  Long context paragraph one.\n\nParagraph two.\n \nWhat is the answer?\n"
     items = split_chat({"messages": [{"role": "user", "content": text}]}).items
     assert [(i.kind, i.text) for i in items] == [
-        ("demonstration", "Long context paragraph one.\n\nParagraph two."),
+        ("demonstration", "Long context paragraph one."),  # paragraphs: the budget's units
+        ("demonstration", "Paragraph two."),
         ("question", "What is the answer?"),
     ]
     for item in items:
@@ -257,7 +258,8 @@ def test_completion_prompts() -> None:
     prompt = "Context line.\n\nMore context.\n\nFinal ask:"
     comps = split_completion({"model": "gpt-3.5-turbo-instruct", "prompt": prompt})
     assert [(i.kind, i.path, i.text) for i in comps.items] == [
-        ("demonstration", ("prompt",), "Context line.\n\nMore context."),
+        ("demonstration", ("prompt",), "Context line."),
+        ("demonstration", ("prompt",), "More context."),
         ("question", ("prompt",), "Final ask:"),
     ]
     assert split_completion({"prompt": ["a", "b"]}).items == ()
@@ -348,4 +350,31 @@ def test_retrieved_marks_documents_and_tool_results_not_few_shot_turns() -> None
     ]
     plain = "First paragraph.\n\nSecond paragraph.\n\nWhat now?"
     items = split_chat({"messages": [{"role": "user", "content": plain}]}).items
-    assert [(i.kind, i.retrieved) for i in items] == [("demonstration", False), ("question", False)]
+    assert [(i.kind, i.retrieved) for i in items] == [
+        ("demonstration", True),  # context pasted before the question: ranked by it under auto
+        ("demonstration", True),
+        ("question", False),
+    ]
+    one = {"messages": [{"role": "user", "content": "Only.\n\nWhat now?"}]}
+    single = split_chat(one).items
+    assert [i.retrieved for i in single] == [False, False]  # one paragraph: nothing to rank
+
+
+def test_paragraphs_are_never_cut_inside_code_keep_regions_or_brackets() -> None:
+    text = (
+        "Intro.\n\n```python\nx = 1\n\ny = 2\n```\n\n"
+        '{"a": 1,\n\n "b": [1,\n\n2]}\n\n<keep>one\n\ntwo</keep>\n\n'
+        "See [1].\n\nUnclosed { brace.\n\nStill inside.\n\nWhat now?"
+    )
+    items = split_chat({"messages": [{"role": "user", "content": text}]}).items
+    assert [(i.kind, i.text) for i in items] == [
+        ("demonstration", "Intro."),
+        ("demonstration", "```python\nx = 1\n\ny = 2\n```"),
+        ("demonstration", '{"a": 1,\n\n "b": [1,\n\n2]}'),
+        ("demonstration", "<keep>one\n\ntwo</keep>"),
+        ("demonstration", "See [1]."),
+        ("demonstration", "Unclosed { brace.\n\nStill inside."),
+        ("question", "What now?"),
+    ]
+    for item in items:
+        assert text[item.start : item.end] == item.text
