@@ -20,6 +20,7 @@ log-probability of the reference answer given each prompt.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -314,9 +315,11 @@ def run_ours(comp: Any, s: Sample, method: str, cuda: bool) -> Outcome:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
+    # "ours-joined": the documents as one text, as a proxy that does not split them sees them.
+    docs = ["\n\n".join(s.documents)] if method == "ours-joined" else list(s.documents)
     res = comp.compress(
         s.instruction,
-        list(s.documents),
+        docs,
         s.question,
         s.rate or 1.0,
         target_tokens=s.target_tokens,
@@ -396,7 +399,10 @@ class Row:
     peak_mb: float | None
 
 
-_ORDER = ["full", "no-context", "ours", "ours-qa", "llmlingua", "longllmlingua", "random", "head"]
+_ORDER = [
+    "full", "no-context", "ours", "ours-qa", "ours-joined", "llmlingua", "longllmlingua", "random",
+    "head",
+]
 # Each of our methods and the reference method it is compared with.
 _PAIRS = (("ours", "llmlingua"), ("ours-qa", "longllmlingua"))
 LABEL = {
@@ -404,6 +410,7 @@ LABEL = {
     "no-context": "no demos/docs",
     "ours": "ours",
     "ours-qa": "ours question-aware",
+    "ours-joined": "ours, documents as one text",
     "llmlingua": "reference LLMLingua",
     "longllmlingua": "reference LongLLMLingua",
     "random": "random drop",
@@ -610,6 +617,9 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--skip-judge", action="store_true", help="no Gemma likelihoods")
     ap.add_argument(
+        "--joined", action="store_true", help="also ours on the documents joined into one text"
+    )
+    ap.add_argument(
         "--budget-min",
         type=float,
         help="time budget: later samples are skipped "
@@ -745,6 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load0 = os.getloadavg()
     samples = gsm8k_samples(args.data_dir, plan.gsm8k_questions, plan.gsm8k_settings)
     samples += retrieval_samples(plan.retrieval_sizes, plan.retrieval_counts, args.retrieval_rate)
+    if args.joined:
+        samples = [dataclasses.replace(s, methods=(*s.methods, "ours-joined")) for s in samples]
     # Round-robin over cases (every case's first sample, then every second...), so a run
     # cut short by --budget-min still covers every case.
     samples.sort(key=lambda s: s.idx)
