@@ -39,42 +39,22 @@ class CompressorCollector(Collector):
         self._source = source
 
     def collect(self) -> Iterable[Metric]:
-        m = ["model"]
-        up = GaugeMetricFamily(
-            "linguagate_compressor_up", "1 when the small LM is loaded", labels=m
-        )
-        pending = GaugeMetricFamily(
-            "linguagate_compressor_pending", "Compressions running or waiting", labels=m
-        )
-        limit = GaugeMetricFamily(
-            "linguagate_compressor_pending_limit",
+        up = _gauge("up", "1 when the small LM is loaded")
+        pending = _gauge("pending", "Compressions running or waiting")
+        limit = _gauge(
+            "pending_limit",
             "Pending compressions past which requests go upstream uncompressed (queue_full)",
-            labels=m,
         )
-        forwards = CounterMetricFamily(
-            "linguagate_compressor_batch_forwards", "Batched model forwards run", labels=m
-        )
-        jobs = CounterMetricFamily(
-            "linguagate_compressor_batch_jobs", "Forward jobs carried by batched forwards", labels=m
-        )
-        tokens = CounterMetricFamily(
-            "linguagate_compressor_batch_tokens",
+        forwards = _counter("batch_forwards", "Batched model forwards run")
+        jobs = _counter("batch_jobs", "Forward jobs carried by batched forwards")
+        tokens = _counter(
+            "batch_tokens",
             "Tokens of batched forwards: the requests' own (real), rows x width computed (padded)",
-            labels=[*m, "kind"],
+            "kind",
         )
-        rejected = CounterMetricFamily(
-            "linguagate_compressor_batch_rejected",
-            "Forward jobs refused because the batch queue was full",
-            labels=m,
-        )
-        queued = GaugeMetricFamily(
-            "linguagate_compressor_batch_queued", "Forward jobs waiting for a batch", labels=m
-        )
-        peak = GaugeMetricFamily(
-            "linguagate_compressor_peak_gpu_bytes",
-            "Peak GPU memory allocated by this process (torch)",
-            labels=m,
-        )
+        rejected = _counter("batch_rejected", "Forward jobs refused: the batch queue was full")
+        queued = _gauge("batch_queued", "Forward jobs waiting for a batch")
+        peak = _gauge("peak_gpu_bytes", "Peak GPU memory allocated by this process (torch)")
         for name, service in sorted(self._source().items()):
             up.add_metric([name], 1.0 if service.status[0] == "ok" else 0.0)
             pending.add_metric([name], float(service.executor.pending))
@@ -91,3 +71,11 @@ class CompressorCollector(Collector):
             if gpu is not None:
                 peak.add_metric([name], float(gpu))
         yield from (up, pending, limit, forwards, jobs, tokens, rejected, queued, peak)
+
+
+def _gauge(name: str, doc: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"linguagate_compressor_{name}", doc, labels=["model"])
+
+
+def _counter(name: str, doc: str, *labels: str) -> CounterMetricFamily:
+    return CounterMetricFamily(f"linguagate_compressor_{name}", doc, labels=["model", *labels])

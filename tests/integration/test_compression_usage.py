@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -10,6 +9,7 @@ import httpx
 import pytest
 
 from tests.support.compression import CompressionStack, few_shot, key_of
+from tests.support.prometheus import sample
 from tests.support.upstream import FakeUpstream, chat_chunk, sse_reply
 
 pytestmark = pytest.mark.integration
@@ -100,13 +100,13 @@ def test_ledger_matches_headers(
     assert metrics(stack, "ledger").status_code == 403
     response = metrics(stack, "ops")
     assert response.status_code == 200
-    saved = _sample(response.text, "linguagate_saved_tokens_total", tenant="ledger", model=MODEL)
+    saved = sample(response.text, "linguagate_saved_tokens_total", tenant="ledger", model=MODEL)
     assert saved == sums["original"] - sums["forwarded"]
     assert "linguagate_compression_rate_bucket" in response.text
     # The engine that compressed them: loaded, idle now, its queue bound visible.
-    assert _sample(response.text, "linguagate_compressor_up", model="default") == 1.0
-    assert _sample(response.text, "linguagate_compressor_pending", model="default") == 0.0
-    assert _sample(response.text, "linguagate_compressor_pending_limit", model="default") >= 1
+    assert sample(response.text, "linguagate_compressor_up", model="default") == 1.0
+    assert sample(response.text, "linguagate_compressor_pending", model="default") == 0.0
+    assert sample(response.text, "linguagate_compressor_pending_limit", model="default") >= 1
 
 
 def metrics(stack: CompressionStack, tenant: str) -> httpx.Response:
@@ -115,12 +115,6 @@ def metrics(stack: CompressionStack, tenant: str) -> httpx.Response:
     )
 
 
-def _sample(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-        if match and dict(re.findall(r'(\w+)="([^"]*)"', match[1])) == labels:
-            return float(match[2])
-    raise AssertionError(f"no sample {name}{labels}")
 
 
 def test_usage_is_per_tenant(compression_stack: CompressionStack, upstream: FakeUpstream) -> None:

@@ -20,6 +20,7 @@ from proxy.compressor_worker import create_worker_app
 from proxy.executor import QueueFull
 from proxy.services import _default_engine
 from proxy.settings import Settings
+from tests.support.prometheus import sample
 from tests.support.servers import ServerThread
 from tests.support.tiny_lm import sample_text
 
@@ -169,14 +170,6 @@ def test_several_workers_are_used_in_turn_and_must_serve_one_model(
             RemoteEngine.connect(f"{wa.url},{wc.url}")
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    import re
-
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-        if match and dict(re.findall(r'(\w+)="([^"]*)"', match[1])) == labels:
-            return float(match[2])
-    raise AssertionError(f"no sample {name}{labels}")
 
 
 def test_worker_metrics_report_batching_and_the_queue_bound(worker: ServerThread) -> None:
@@ -188,16 +181,16 @@ def test_worker_metrics_report_batching_and_the_queue_bound(worker: ServerThread
     finally:
         remote.close()
     text = httpx.get(worker.url + "/metrics", timeout=10).text
-    assert _metric(text, "linguagate_compressor_up", model="default") == 1.0
-    assert _metric(text, "linguagate_compressor_pending", model="default") == 0.0
-    assert _metric(text, "linguagate_compressor_pending_limit", model="default") == 16.0
-    forwards = _metric(text, "linguagate_compressor_batch_forwards_total", model="default")
-    jobs = _metric(text, "linguagate_compressor_batch_jobs_total", model="default")
+    assert sample(text, "linguagate_compressor_up", model="default") == 1.0
+    assert sample(text, "linguagate_compressor_pending", model="default") == 0.0
+    assert sample(text, "linguagate_compressor_pending_limit", model="default") == 16.0
+    forwards = sample(text, "linguagate_compressor_batch_forwards_total", model="default")
+    jobs = sample(text, "linguagate_compressor_batch_jobs_total", model="default")
     assert jobs >= forwards >= 1
-    real = _metric(text, "linguagate_compressor_batch_tokens_total", model="default", kind="real")
-    padded = _metric(
+    real = sample(text, "linguagate_compressor_batch_tokens_total", model="default", kind="real")
+    padded = sample(
         text, "linguagate_compressor_batch_tokens_total", model="default", kind="padded"
     )
     assert 0 < real <= padded
-    assert _metric(text, "linguagate_compressor_batch_queued", model="default") == 0.0
+    assert sample(text, "linguagate_compressor_batch_queued", model="default") == 0.0
     assert "linguagate_compressor_peak_gpu_bytes{" not in text  # CPU: no GPU series
