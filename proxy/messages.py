@@ -219,9 +219,15 @@ def _unsafe_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     Cutting there would leave each half without the whole span its protection rule needs
     (a fence's two ends, a keep region's two tags, a JSON value's brackets), and the halves
     would then be compressed as prose."""
-    spans = [(m.start(), m.end()) for m in _KEEP_REGION.finditer(text, start, end)]
-    fences = [m.start() for m in _FENCE.finditer(text, start, end)]
-    spans += [(a, b) for a, b in zip(fences[::2], [*fences[1::2], end], strict=False)]
+    part = text[start:end]  # substring tests first: most prompts have none of these
+    spans: list[tuple[int, int]] = []
+    if "<keep>" in part:
+        spans += [(m.start(), m.end()) for m in _KEEP_REGION.finditer(text, start, end)]
+    if "```" in part or "~~~" in part:
+        fences = [m.start() for m in _FENCE.finditer(text, start, end)]
+        spans += [(a, b) for a, b in zip(fences[::2], [*fences[1::2], end], strict=False)]
+    if "{" not in part and "[" not in part:
+        return spans
     depth, opened = 0, start
     for m in _BRACKET.finditer(text, start, end):  # brackets only: prose costs nothing
         if m[0] in "[{":
