@@ -70,11 +70,12 @@ def _grid(rate: float) -> float:
 def ranks_by_question(setting: QuestionAware, demonstrations: Sequence[Item]) -> bool:
     """Whether the context unit ranks its demonstrations by p(question | demonstration).
 
-    ``"auto"`` turns it on for retrieved context only (delimited documents, tool
-    results), and only where there is something to rank: measured on synthetic retrieval
-    prompts, ranking by perplexity alone keeps the answer document about as often as
-    chance (bench/RESULTS.md), while ranking by the question kept it every time. Few-shot
-    turns stay question-independent, so their compressed block is shared in the cache.
+    ``"auto"`` turns it on for context given for this question only (documents,
+    paragraphs pasted before it, tool results: ``Item.retrieved``), and only where there
+    is something to rank: measured on synthetic retrieval prompts, ranking by perplexity
+    alone keeps the answer document about as often as chance (bench/RESULTS.md), while
+    ranking by the question kept it every time. Earlier user/assistant turns (few-shot
+    examples) stay question-independent, so their compressed block is shared in the cache.
     """
     if setting != "auto":
         return bool(setting)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from proxy.policy import QuestionAware
+    from proxy.policy import Fill, QuestionAware
 
 __all__ = ["add_subcommand"]
 
@@ -30,6 +30,7 @@ class _Settings:
     question_rate: float = 1.0
     question_aware: QuestionAware = "auto"
     segment_tokens: int = 128
+    fill: Fill = "rank"
     granularity_k: float = 1.0
     compress_json_tool_results: bool = False
     protect: dict[str, Any] | None = None
@@ -72,6 +73,7 @@ def _policy_settings(path: Path, model: str | None) -> _Settings:
         question_rate=policy.question_rate,
         question_aware=policy.question_aware,
         segment_tokens=policy.segment_tokens,
+        fill=policy.fill,
         granularity_k=policy.granularity_k,
         compress_json_tool_results=policy.compress_json_tool_results,
         protect={
@@ -140,6 +142,7 @@ def _compress_body(
         question_aware=ranks_by_question(settings.question_aware, inputs.demonstration_items),
         target_model=target_model,
         segment_tokens=settings.segment_tokens,
+        fill=settings.fill,
         granularity_k=settings.granularity_k,
         protect=protect,
     )

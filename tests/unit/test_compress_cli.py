@@ -98,6 +98,31 @@ def test_policy_file_settings_apply(
     assert json.loads(err.decode().strip().splitlines()[-1])["requested_rate"] == 0.4
 
 
+def test_policy_fill_reaches_the_compressor(
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    sent = json.loads(_body())["messages"]
+
+    def demos(fill: str) -> list[str]:
+        policy = tmp_path / f"{fill}.toml"
+        policy.write_text(
+            f'[tenant]\nname = "{fill}"\nanonymous = true\n\n[compression]\nmode = "enforce"\n'
+            f'rate = 0.3\nfill = "{fill}"\ngranularity_k = 3.0\n'
+        )
+        code, out, _ = _run(
+            monkeypatch, capsysbinary, _body(), "--policy", str(policy), "--model", str(model_dir)
+        )
+        assert code == 0
+        return [m["content"] for m in json.loads(out)["messages"][1:3]]
+
+    # uniform with k 3: every demonstration kept and cut; rank: whole ones and dropped ones.
+    assert all(0 < len(d) < len(o["content"]) for d, o in zip(demos("uniform"), sent[1:3]))
+    assert any(d in ("", o["content"]) for d, o in zip(demos("rank"), sent[1:3]))
+
+
 def test_bad_input_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
