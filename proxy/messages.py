@@ -214,7 +214,8 @@ _BRACKET = re.compile(r"[\[\]{}]")
 
 
 def _unsafe_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Where a blank line must not cut: code fences, ``<keep>`` regions, open brackets.
+    """Where a blank line must not cut: code fences, ``<keep>`` regions, bracketed values
+    that open a line (JSON).
 
     Cutting there would leave each half without the whole span its protection rule needs
     (a fence's two ends, a keep region's two tags, a JSON value's brackets), and the halves
@@ -232,6 +233,11 @@ def _unsafe_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     for m in _BRACKET.finditer(text, start, end):  # brackets only: prose costs nothing
         if m[0] in "[{":
             if depth == 0:
+                # A JSON value opens a line; a bracket inside prose ("see [1") does not
+                # start one, so a stray one cannot stop every later cut.
+                line = text.rfind("\n", start, m.start())
+                if text[start if line < 0 else line + 1 : m.start()].strip():
+                    continue
                 opened = m.start()
             depth += 1
         elif depth:

@@ -103,6 +103,24 @@ def test_applied_under_policy(stack: CompressionStack) -> None:
     assert b'"temperature":1.0' in received.replace(b" ", b"")
 
 
+def test_context_pasted_before_the_question_is_ranked_by_it(stack: CompressionStack) -> None:
+    paragraphs = [sample_text(60, seed) for seed in (41, 42, 43, 44)]
+    question = "Which paragraph tells about the harbour?"
+    messages = [{"role": "user", "content": "\n\n".join([*paragraphs, question])}]
+    headers, received = chat(stack, "team-a", messages)
+    assert headers["x-linguagate-compression"] == "applied"
+    # question_aware = "auto" (the default): four paragraphs, ranked by the question.
+    assert stack.engine.last_options["demonstrations"] == 4
+    assert stack.engine.last_options["question_aware"] is True
+    content = json.loads(received)["messages"][0]["content"]
+    assert content.endswith("\n\n" + question)
+    assert 0 < sum(p in content for p in paragraphs) < len(paragraphs)  # whole ones kept
+
+    headers, _ = chat(stack, "team-a", few_shot(97))  # few-shot turns: question-independent
+    assert headers["x-linguagate-compression"] == "applied"
+    assert stack.engine.last_options["question_aware"] is False
+
+
 def test_raw_bytes_outside_text_are_untouched(stack: CompressionStack) -> None:
     messages = few_shot(2)
     head = (

@@ -138,6 +138,7 @@ class ScriptedEngine:
         self.model_id = inner.model_id
         self._gate = threading.Event()
         self.calls = 0
+        self.last_options: dict[str, Any] = {}  # the knobs of the latest call
 
     def release(self) -> None:
         self._gate.set()
@@ -154,6 +155,7 @@ class ScriptedEngine:
         **kwargs: Any,
     ) -> CompressionResult:
         self.calls += 1
+        self.last_options = {"demonstrations": len(demonstrations), **kwargs}
         text = "\n".join([instruction, *demonstrations, question])
         if EXPLODE in text:
             raise RuntimeError("scripted compressor failure")

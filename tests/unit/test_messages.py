@@ -364,7 +364,7 @@ def test_paragraphs_are_never_cut_inside_code_keep_regions_or_brackets() -> None
     text = (
         "Intro.\n\n```python\nx = 1\n\ny = 2\n```\n\n"
         '{"a": 1,\n\n "b": [1,\n\n2]}\n\n<keep>one\n\ntwo</keep>\n\n'
-        "See [1].\n\nUnclosed { brace.\n\nStill inside.\n\nWhat now?"
+        "See [1, in prose.\n\n{ never closed,\n\nstill inside.\n\nWhat now?"
     )
     items = split_chat({"messages": [{"role": "user", "content": text}]}).items
     assert [(i.kind, i.text) for i in items] == [
@@ -372,8 +372,8 @@ def test_paragraphs_are_never_cut_inside_code_keep_regions_or_brackets() -> None
         ("demonstration", "```python\nx = 1\n\ny = 2\n```"),
         ("demonstration", '{"a": 1,\n\n "b": [1,\n\n2]}'),
         ("demonstration", "<keep>one\n\ntwo</keep>"),
-        ("demonstration", "See [1]."),
-        ("demonstration", "Unclosed { brace.\n\nStill inside."),
+        ("demonstration", "See [1, in prose."),  # a stray bracket mid-line: no JSON
+        ("demonstration", "{ never closed,\n\nstill inside."),
         ("question", "What now?"),
     ]
     for item in items:
