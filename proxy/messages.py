@@ -11,7 +11,8 @@ Rules (what becomes what)
   into documents (below); the last segment's last paragraph (after the last blank
   line) is the **question**, everything before it in that message is
   **demonstrations**, one per paragraph (blank lines inside code fences, ``<keep>``
-  regions or a bracketed value opening a line do not cut: each protection rule needs its whole span).
+  regions or a bracketed value opening a line do not cut: each protection rule needs
+  its whole span).
   A final turn with a single paragraph is all question.
 * Every other ``user``, ``assistant``, ``tool`` and ``function`` message text ->
   **demonstrations**, one item per document (below) of each text (or text part).
