@@ -72,7 +72,7 @@ class CompressorPool:
                 service = self._retry(model, service, released)
             self._services.move_to_end(model)
         for old in released:
-            _release(old)  # in-flight work on it fails open (compressor_error)
+            old.close()  # in-flight work on it fails open (compressor_error)
         service.start()
         return service
 
@@ -129,26 +129,11 @@ class CompressorPool:
         return {name: service.status for name, service in items}
 
     def close(self) -> None:
-        """Close every named engine, and release the default engine's connections."""
+        """Close every named engine (the default is its owner's to close)."""
         with self._lock:
             self._closed = True
             services = [*self._services.values(), *self._retries.values()]
             self._services.clear()
             self._retries.clear()
         for service in services:
-            _release(service)
-        # The default service is its owner's to close; its engine's connections (a remote
-        # engine's) are released here, as nothing else holds the engine.
-        _close_engine(self.default)
-
-
-def _release(service: CompressorService) -> None:
-    """Close ``service`` and what its engine holds (a remote engine's connections)."""
-    service.close()
-    _close_engine(service)
-
-
-def _close_engine(service: CompressorService) -> None:
-    close = getattr(service.engine, "close", None)
-    if callable(close):
-        close()
+            service.close()

@@ -240,6 +240,11 @@ class CompressorService:
         return await self.executor.run(fn, deadline_s=deadline_s, on_late_result=on_late_result)
 
     def close(self) -> None:
+        """Stop taking work and release the engine's resources (a remote engine's
+        connections); in-flight work fails open."""
         self.executor.shutdown()
         if self._batcher is not None:
             self._batcher.close()
+        close = getattr(self._engine, "close", None)  # local models hold nothing to close
+        if callable(close):
+            close()
