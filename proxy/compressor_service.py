@@ -93,6 +93,20 @@ class Batching:
         return self.mode == "on" or device_type != "cpu"
 
 
+def load_local_engine(settings: Settings) -> CompressionEngine:
+    """Load ``settings.compressor_model`` in this process (the proxy's and the worker's loader)."""
+    import torch
+
+    from proxy.compress import Compressor
+
+    engine = Compressor(settings.compressor_model, settings.device)
+    if engine.device.type == "cpu" and settings.torch_threads > 0:
+        # Process-wide. One intra-op thread per compression worker leaves a core for the
+        # event loop and avoids OpenMP contention, which on small CPUs costs more than it gives.
+        torch.set_num_threads(settings.torch_threads)
+    return engine
+
+
 def batching_for(settings: Settings) -> Batching | None:
     """The batching that ``--compress-batching`` and its companions ask for (None: off)."""
     if settings.compress_batching == "off":

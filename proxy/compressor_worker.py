@@ -36,7 +36,12 @@ from starlette.routing import Route
 
 from proxy.compressor_metrics import CompressorCollector
 from proxy.compressor_remote import options_from_wire, result_to_wire
-from proxy.compressor_service import CompressionEngine, CompressorService, batching_for
+from proxy.compressor_service import (
+    CompressionEngine,
+    CompressorService,
+    batching_for,
+    load_local_engine,
+)
 from proxy.executor import QueueFull
 from proxy.settings import Settings
 
@@ -279,7 +284,7 @@ def _main(args: argparse.Namespace) -> int:
 
     def load(own: Settings) -> CompressionEngine:
         with loading:
-            return _load(own)
+            return load_local_engine(own)
 
     def service_for(own: Settings, description: str) -> CompressorService:
         return CompressorService(
@@ -300,14 +305,3 @@ def _main(args: argparse.Namespace) -> int:
     app = create_worker_app(service, extra, default_name=settings.compressor_model)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
-
-
-def _load(settings: Settings) -> CompressionEngine:
-    import torch
-
-    from proxy.compress import Compressor
-
-    engine = Compressor(settings.compressor_model, settings.device)
-    if engine.device.type == "cpu" and settings.torch_threads > 0:
-        torch.set_num_threads(settings.torch_threads)
-    return engine

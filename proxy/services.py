@@ -22,7 +22,7 @@ from proxy.accounting import Accountant
 from proxy.cache import CompressionCache, MemoryCache, RedisCache, RedisSettings, connect_redis
 from proxy.compressor_metrics import CompressorCollector
 from proxy.compressor_pool import CompressorPool
-from proxy.compressor_service import CompressorService, batching_for
+from proxy.compressor_service import CompressorService, batching_for, load_local_engine
 from proxy.metrics import Metrics
 from proxy.pipeline import ChatTransform, identity_transform
 from proxy.policy import PolicyStore
@@ -106,21 +106,8 @@ def _default_engine(settings: Settings, model: str | None = None) -> Compression
         from proxy.compressor_remote import RemoteEngine
 
         return RemoteEngine.connect(settings.compressor_url, model=model)
-    return _load_engine(settings if model is None
+    return load_local_engine(settings if model is None
                         else settings.with_overrides(compressor_model=model))
-
-
-def _load_engine(settings: Settings) -> CompressionEngine:
-    import torch
-
-    from proxy.compress import Compressor
-
-    engine = Compressor(settings.compressor_model, settings.device)
-    if engine.device.type == "cpu" and settings.torch_threads > 0:
-        # Process-wide. One intra-op thread per compression worker leaves a core for the
-        # event loop and avoids OpenMP contention, which on small CPUs costs more than it gives.
-        torch.set_num_threads(settings.torch_threads)
-    return engine
 
 
 @asynccontextmanager
