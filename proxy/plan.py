@@ -140,12 +140,13 @@ def plan_units(
         fixed -= ctx_tokens
         ctx_rate = _grid((budget - fixed) / ctx_tokens)
         qtext = question.text if with_question and question is not None else ""
+        ranked = aware and bool(qtext)
         knobs: dict[str, object] = {
             "rate": ctx_rate,
             "question_rate": policy.question_rate if with_question else 1.0,
-            "question_aware": aware and bool(qtext),
+            "question_aware": ranked,
         }
         units.append(Unit("context", None, demos, question if with_question else None, qtext,
                           ctx_rate, key("context", [*(d.text for d in demos), qtext], knobs),
-                          question_aware=aware and bool(qtext)))
+                          question_aware=ranked))
     return Plan(tuple(units), protect)
