@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from bench.data_retrieval import make_retrieval_cases
     from proxy.compress import Compressor
-    from proxy.tokens import encoding_for_model
+    from proxy.core.tokens import encoding_for_model
 
     enc = encoding_for_model(None)
     comp = Compressor(None, "cpu")

@@ -78,7 +78,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from proxy.alignment.cli import run_eval
+    from proxy.cli.align import run_eval
     from proxy.alignment.train import AlignConfig, train
 
     files = build_pairs(args.out, args.retrieval)

@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from proxy.tokens import count_tokens
+from proxy.core.tokens import count_tokens
 
 __all__ = ["RetrievalCase", "make_retrieval_case", "make_retrieval_cases"]
 

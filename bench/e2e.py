@@ -4,7 +4,7 @@
 
 Everything runs offline in this process: the packaged SmolLM2-135M-Instruct is loaded once
 and serves both as the compressor (LLMLingua scoring) and as the embedded local upstream
-(`proxy.local_upstream`, the `serve --upstream local` path). The proxy is the real app under
+(`proxy.local.upstream`, the `serve --upstream local` path). The proxy is the real app under
 uvicorn on a loopback port; the client is the `openai` SDK.
 
 The prompt is GSM8K 8-shot chain-of-thought (`gsm8k_prompt_hardest.txt`) as chat turns
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.app import create_app
 from proxy.services import open_services
-from proxy.settings import Settings
+from proxy.core.settings import Settings
 
 DATA = Path(os.environ.get("LINGUAGATE_BENCH_DATA", "/work/shared/data"))
 MODEL = "gpt-4o-mini"  # any name: the local upstream answers it; tiktoken counts for it
@@ -121,9 +121,9 @@ def running_stack(rate: float, tenants: int) -> Iterator[str]:
     """Local upstream + proxy sharing one SmolLM2; yields the proxy's base URL."""
     from proxy.compress import Compressor
     from proxy.compress.lm import load_causal_lm
-    from proxy.compressor_service import CompressorService
-    from proxy.local_model import LocalChatModel
-    from proxy.local_upstream import start_local_upstream_server
+    from proxy.compression.service import CompressorService
+    from proxy.local.model import LocalChatModel
+    from proxy.local.upstream import start_local_upstream_server
 
     started = time.perf_counter()
     loaded = load_causal_lm(None, "cpu")

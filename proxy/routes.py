@@ -16,11 +16,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from proxy.dashboard import dashboard_routes
-from proxy.errors import NotFound, ProxyError, error_response
-from proxy.intake import authenticate, forward_request, read_body, request_id_for, started_at
-from proxy.pipeline import chat_completions, parse_completion_body
+from proxy.core.errors import NotFound, ProxyError, error_response
+from proxy.gateway.intake import authenticate, forward_request, read_body, request_id_for, started_at
+from proxy.gateway.pipeline import chat_completions, parse_completion_body
 from proxy.services import ComponentStatus, Services
-from proxy.streaming import UpstreamRelay
+from proxy.gateway.streaming import UpstreamRelay
 
 __all__ = ["dispatch_v1", "routes"]
 
@@ -67,13 +67,13 @@ async def _passthrough(request: Request) -> Response | UpstreamRelay:
 
 
 async def _metrics(request: Request) -> Response:
-    from proxy.reporting import metrics_endpoint
+    from proxy.dashboard.reporting import metrics_endpoint
 
     return await metrics_endpoint(request, _services(request))
 
 
 async def _usage(request: Request) -> Response:
-    from proxy.reporting import usage_endpoint
+    from proxy.dashboard.reporting import usage_endpoint
 
     return await usage_endpoint(request, _services(request))
 

@@ -18,21 +18,21 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from proxy.accounting import Accountant
-from proxy.cache import CompressionCache, MemoryCache, RedisCache, RedisSettings, connect_redis
-from proxy.compressor_metrics import CompressorCollector
-from proxy.compressor_pool import CompressorPool
-from proxy.compressor_service import CompressorService, batching_for, load_local_engine
-from proxy.metrics import Metrics
-from proxy.pipeline import ChatTransform, identity_transform
-from proxy.policy import PolicyStore
-from proxy.settings import Settings
-from proxy.upstream import UpstreamClient
+from proxy.accounting.accountant import Accountant
+from proxy.compression.cache import CompressionCache, MemoryCache, RedisCache, RedisSettings, connect_redis
+from proxy.compression.engine_metrics import CompressorCollector
+from proxy.compression.pool import CompressorPool
+from proxy.compression.service import CompressorService, batching_for, load_local_engine
+from proxy.accounting.metrics import Metrics
+from proxy.gateway.pipeline import ChatTransform, identity_transform
+from proxy.policy.model import PolicyStore
+from proxy.core.settings import Settings
+from proxy.gateway.upstream import UpstreamClient
 
 if TYPE_CHECKING:
     from proxy.alignment.capture import CaptureWriter
-    from proxy.compressor_service import CompressionEngine
-    from proxy.ledger import Ledger
+    from proxy.compression.service import CompressionEngine
+    from proxy.accounting.ledger import Ledger
 
 __all__ = ["ComponentStatus", "Probe", "Services", "open_services"]
 
@@ -103,7 +103,7 @@ def _default_engine(settings: Settings, model: str | None = None) -> Compression
     or a model loaded in this process. Workers serve a policy-named model only when started
     with `--extra-model` naming it; otherwise its service is down (requests fail open)."""
     if settings.compressor_url:
-        from proxy.compressor_remote import RemoteEngine
+        from proxy.compression.remote import RemoteEngine
 
         return RemoteEngine.connect(settings.compressor_url, model=model)
     return load_local_engine(settings if model is None
@@ -144,7 +144,7 @@ async def open_services(
                      else MemoryCache(ttl_s=settings.cache_ttl_s))
             stack.push_async_callback(cache.close)
         if ledger is None:
-            from proxy.ledger import MemoryLedger, RedisLedger
+            from proxy.accounting.ledger import MemoryLedger, RedisLedger
 
             ledger = (RedisLedger(client, redis_settings, owns_client=False)
                       if client is not None else MemoryLedger())
@@ -178,7 +178,7 @@ async def open_services(
         stack.push_async_callback(asyncio.to_thread, capture.close)
         all_probes.setdefault("capture", _capture_probe(capture, policies))
         if chat_transform is None:
-            from proxy.compression_step import CompressionStep
+            from proxy.compression.step import CompressionStep
 
             chat_transform = CompressionStep(compressor, cache, pool)
         yield Services(

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from proxy.policy import PolicySnapshot
+    from proxy.policy.model import PolicySnapshot
 
 __all__ = ["AnswerCollector", "CaptureWriter", "PendingCapture", "sampled"]
 

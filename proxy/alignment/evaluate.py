@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from proxy.compressor_service import CompressionEngine
+    from proxy.compression.service import CompressionEngine
 
 __all__ = [
     "CompressedScore",

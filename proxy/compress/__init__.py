@@ -5,7 +5,7 @@ Usable without the proxy::
     from proxy.compress import Compressor
     result = Compressor().compress("", demonstrations, question, rate=0.3)
 
-Names are imported lazily: ``proxy.compress.cli`` (and so ``linguagate --help``)
+Names are imported lazily: ``proxy.cli.compress`` (and so ``linguagate --help``)
 must not pay for importing torch and transformers.
 """
 

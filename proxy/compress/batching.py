@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from proxy.executor import QueueFull
+from proxy.core.executor import QueueFull
 
 __all__ = ["BatchEngine", "BatchSettings", "BatchStats", "Job", "chunk_by_cost"]
 

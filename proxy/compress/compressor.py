@@ -20,7 +20,7 @@ from proxy.compress.protect import ProtectRules, apply_rules, demands_keeping
 from proxy.compress.render import fit_budget, render
 from proxy.compress.scoring import Batcher, Encoded, FloatArray, Scorer
 from proxy.compress.words import BREAK, PROTECTED, Units, segment, target_costs
-from proxy.tokens import encoding_for_model
+from proxy.core.tokens import encoding_for_model
 
 __all__ = ["CompressionResult", "Compressor"]
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.dashboard.sessions import SessionCodec
-from proxy.policy import PolicySnapshot, Tenant, hash_api_key
+from proxy.policy.model import PolicySnapshot, Tenant, hash_api_key
 
 __all__ = [
     "COOKIE",

@@ -2,7 +2,7 @@
 
 A period is a run of chart buckets ending with the current one: 24 hours for ``24h``,
 7 or 30 UTC days for ``7d``/``30d``. Money is saved tokens times the input price of
-each model (``proxy.report`` price table); models without a price are listed apart.
+each model (``proxy.accounting.report`` price table); models without a price are listed apart.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from proxy.dashboard.stats import Histogram, histogram
-from proxy.ledger import (
+from proxy.accounting.ledger import (
     LATENCY_EDGES_MS,
     LATENCY_PREFIX,
     RATE_EDGES,
@@ -21,7 +21,7 @@ from proxy.ledger import (
     HourBucket,
     LedgerRow,
 )
-from proxy.report import PriceTable
+from proxy.accounting.report import PriceTable
 
 __all__ = [
     "PERIODS",

@@ -12,7 +12,7 @@ from proxy.dashboard import charts, fmt
 from proxy.dashboard.auth import Viewer
 from proxy.dashboard.data import PERIODS, Summary
 from proxy.dashboard.stats import Histogram
-from proxy.policy import CompressionPolicy, Tenant
+from proxy.policy.model import CompressionPolicy, Tenant
 
 __all__ = [
     "SORT_KEYS",

@@ -40,7 +40,7 @@ from proxy.dashboard.auth import (
 )
 from proxy.dashboard.data import PERIODS, Summary, Window, summarize, summarize_all, window
 from proxy.dashboard.sessions import SessionCodec
-from proxy.errors import (
+from proxy.core.errors import (
     AuthenticationFailed,
     InvalidParameter,
     NotFound,
@@ -48,9 +48,9 @@ from proxy.errors import (
     ProxyError,
     error_response,
 )
-from proxy.intake import request_id_for
-from proxy.ledger import HourBucket, LedgerUnavailable
-from proxy.report import PriceTable, load_prices
+from proxy.gateway.intake import request_id_for
+from proxy.accounting.ledger import HourBucket, LedgerUnavailable
+from proxy.accounting.report import PriceTable, load_prices
 from proxy.services import Services
 
 __all__ = ["dashboard_routes"]

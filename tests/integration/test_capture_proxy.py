@@ -19,9 +19,9 @@ import httpx
 import openai
 import pytest
 
-from proxy.compressor_service import CompressorService
+from proxy.compression.service import CompressorService
 from proxy.services import open_services
-from proxy.settings import Settings
+from proxy.core.settings import Settings
 from tests.support.compression import few_shot, key_of, write_policy
 from tests.support.servers import ProxyServer, run_proxy
 from tests.support.upstream import FakeUpstream

@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 
-from proxy.messages import split_chat, text_token_count
-from proxy.tokens import count_tokens
+from proxy.compression.messages import split_chat, text_token_count
+from proxy.core.tokens import count_tokens
 from tests.support.compression import (
     EXPLODE,
     SLOWDOWN,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from proxy.cache import tenant_namespace
+from proxy.compression.cache import tenant_namespace
 from tests.support.compression import (
     CompressionStack,
     ScriptedEngine,

@@ -12,8 +12,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from proxy.local_model import ChatMessage, Generation, GenerationParams, LocalChatModel
-from proxy.local_upstream import LocalUpstreamServer, start_local_upstream_server
+from proxy.local.model import ChatMessage, Generation, GenerationParams, LocalChatModel
+from proxy.local.upstream import LocalUpstreamServer, start_local_upstream_server
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,7 @@ def test_client_giving_up_on_a_non_streaming_answer_stops_generation(
 
 def test_the_proxy_relays_the_local_upstream(local: LocalUpstreamServer, tmp_path: Path) -> None:
     # Imported here: the rest of this file tests the local upstream alone.
-    from proxy.settings import Settings
+    from proxy.core.settings import Settings
     from tests.support.servers import run_proxy, write_tenant
 
     write_tenant(tmp_path, "default", [], anonymous=True)

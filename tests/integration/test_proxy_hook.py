@@ -12,12 +12,12 @@ import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from proxy.errors import InvalidParameter
-from proxy.ledger import UsageRecord
-from proxy.pipeline import ChatTransform, PipelineOutcome
-from proxy.policy import Tenant
+from proxy.core.errors import InvalidParameter
+from proxy.accounting.ledger import UsageRecord
+from proxy.gateway.pipeline import ChatTransform, PipelineOutcome
+from proxy.policy.model import Tenant
 from proxy.services import Services, open_services
-from proxy.settings import Settings
+from proxy.core.settings import Settings
 from tests.support.proxy import ALPHA_KEY
 from tests.support.servers import ProxyServer, run_proxy, write_tenant
 from tests.support.upstream import FakeUpstream
@@ -51,7 +51,7 @@ async def shrink(
 
 
 class RecordingLedger:
-    """Just enough of `proxy.ledger.Ledger` for the relay: keeps what it is given."""
+    """Just enough of `proxy.accounting.ledger.Ledger` for the relay: keeps what it is given."""
 
     def __init__(self) -> None:
         self.records: list[UsageRecord] = []

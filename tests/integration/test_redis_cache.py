@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.cache import RedisCache, RedisSettings, cache_key
+from proxy.compression.cache import RedisCache, RedisSettings, cache_key
 from tests.support.redis import BlackHole, RedisServer
 
 pytestmark = pytest.mark.integration

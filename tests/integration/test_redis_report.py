@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from proxy.ledger import RedisLedger, UsageRecord
-from proxy.report import add_subcommand
+from proxy.accounting.ledger import RedisLedger, UsageRecord
+from proxy.accounting.report import add_subcommand
 from tests.support.redis import free_port
 
 pytestmark = pytest.mark.integration

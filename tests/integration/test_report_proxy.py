@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from proxy.cli import main
+from proxy.cli.commands import main
 from tests.support.compression import CompressionStack, few_shot, key_of
 
 pytestmark = pytest.mark.integration

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import openai
 import pytest
 
-from proxy.compressor_service import CompressorService
-from proxy.messages import split_chat, text_token_count
+from proxy.compression.service import CompressorService
+from proxy.compression.messages import split_chat, text_token_count
 from proxy.services import open_services
-from proxy.settings import Settings
+from proxy.core.settings import Settings
 from tests.support.servers import ProxyServer, run_proxy
 from tests.support.tiny_lm import sample_text
 from tests.support.upstream import FakeUpstream

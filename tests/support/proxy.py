@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from proxy.settings import Settings
+from proxy.core.settings import Settings
 from tests.support.servers import ProxyServer, run_proxy, write_tenant
 from tests.support.upstream import FakeUpstream
 

@@ -21,7 +21,7 @@ import uvicorn
 
 from proxy.app import ServicesFactory, create_app
 from proxy.services import Services
-from proxy.settings import Settings
+from proxy.core.settings import Settings
 
 __all__ = ["ProxyServer", "ServerThread", "run_proxy", "write_tenant"]
 

@@ -1,0 +1,288 @@
+"""``linguagate report``: the savings ledger as a table, with estimated money saved.
+
+Reads the Redis ledger (``--redis-url`` or ``LINGUAGATE_REDIS_URL``); the in-memory
+ledger lives inside a running proxy and is served there by ``GET /v1/linguagate/usage``.
+
+Money is an estimate: saved input tokens times a per-model input price (USD per 1M
+tokens). The built-in table holds public list prices at the time of writing; pass
+``--prices FILE`` (TOML or JSON: ``{"gpt-4o*": 2.5, ...}``, optionally under a
+``prices`` table) to override or extend it. Patterns are ``fnmatch`` globs; the
+longest matching pattern wins, so ``gpt-4o-mini*`` beats ``gpt-4o*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fnmatch
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+
+from proxy.compression.cache import RedisSettings
+from proxy.accounting.ledger import LedgerRow, LedgerUnavailable, RedisLedger
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "PriceTable",
+    "add_subcommand",
+    "format_table",
+    "load_prices",
+    "parse_since",
+    "run_report",
+]
+
+# USD per 1M input tokens (list prices, estimates; override with --prices).
+DEFAULT_PRICES: Mapping[str, float] = MappingProxyType(
+    {
+        "gpt-5*": 1.25,
+        "gpt-5-mini*": 0.25,
+        "gpt-5-nano*": 0.05,
+        "gpt-4.1*": 2.00,
+        "gpt-4.1-mini*": 0.40,
+        "gpt-4.1-nano*": 0.10,
+        "gpt-4o*": 2.50,
+        "gpt-4o-mini*": 0.15,
+        "gpt-4*": 30.00,
+        "gpt-4-turbo*": 10.00,
+        "gpt-3.5-turbo*": 0.50,
+        "o1*": 15.00,
+        "o1-mini*": 1.10,
+        "o3*": 2.00,
+        "o3-mini*": 1.10,
+        "o4-mini*": 1.10,
+    }
+)
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_REPORT_SETTINGS = RedisSettings(socket_timeout_s=5.0, connect_timeout_s=2.0, backoff_s=0.0)
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Glob -> USD per 1M input tokens; the longest matching glob wins."""
+
+    prices: Mapping[str, float]
+
+    def price_for(self, model: str) -> float | None:
+        if model in self.prices:
+            return self.prices[model]
+        matches = [p for p in self.prices if fnmatch.fnmatchcase(model.lower(), p.lower())]
+        return self.prices[max(matches, key=len)] if matches else None
+
+    def dollars(self, model: str, tokens: int) -> float | None:
+        price = self.price_for(model)
+        return None if price is None else tokens * price / 1_000_000
+
+
+def load_prices(path: Path | None) -> PriceTable:
+    """The default table, overridden by ``path`` (TOML or JSON) when given."""
+    prices = dict(DEFAULT_PRICES)
+    if path is not None:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+        if isinstance(data, dict) and isinstance(data.get("prices"), dict):
+            data = data["prices"]
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a table of model pattern = price")
+        for model, price in data.items():
+            if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+                raise ValueError(f"{path}: price for {model!r} must be a number >= 0")
+            prices[str(model)] = float(price)
+    return PriceTable(prices)
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """``24h``, ``30m``, ``7d``, ``2w``, or an ISO date/datetime (naive means UTC)."""
+    now = now or datetime.now(UTC)
+    if m := _RELATIVE.match(value):
+        return now - timedelta(**{_UNITS[m.group(2).lower()]: int(m.group(1))})
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"--since: {value!r} is neither an ISO date nor like 24h, 7d") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
+def format_table(rows: Sequence[LedgerRow], prices: PriceTable) -> str:
+    """Aligned text table, one line per (tenant, model), plus a total line."""
+    header = [
+        "tenant",
+        "model",
+        "requests",
+        "original",
+        "forwarded",
+        "saved",
+        "saved %",
+        "est. $ saved",
+    ]
+    lines: list[list[str]] = [header]
+    total_money: float | None = None
+    for r in rows:
+        money = prices.dollars(r.model, r.saved_tokens)
+        if money is not None:
+            total_money = (total_money or 0.0) + money
+        lines.append(
+            [
+                r.tenant,
+                r.model,
+                f"{r.requests:,}",
+                f"{r.original_tokens:,}",
+                f"{r.forwarded_tokens:,}",
+                f"{r.saved_tokens:,}",
+                f"{100 * r.saved_fraction:.1f}%",
+                _money(money),
+            ]
+        )
+    if len(rows) > 1:
+        orig = sum(r.original_tokens for r in rows)
+        saved = sum(r.saved_tokens for r in rows)
+        lines.append(
+            [
+                "TOTAL",
+                "",
+                f"{sum(r.requests for r in rows):,}",
+                f"{orig:,}",
+                f"{sum(r.forwarded_tokens for r in rows):,}",
+                f"{saved:,}",
+                f"{100 * saved / orig if orig else 0.0:.1f}%",
+                _money(total_money),
+            ]
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for n, line in enumerate(lines):
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    shadow = [r for r in rows if r.shadow_requests]
+    for r in shadow:
+        would = _money(prices.dollars(r.model, r.would_save_tokens))
+        out.append(
+            f"shadow: {r.tenant}/{r.model} would have saved {r.would_save_tokens:,} "
+            f"tokens in {r.shadow_requests:,} requests ({would})"
+        )
+    return "\n".join(out)
+
+
+async def _read(url: str, tenant: str | None, since: datetime | None) -> list[LedgerRow]:
+    ledger = RedisLedger.from_url(url, _REPORT_SETTINGS)
+    try:
+        return await ledger.totals(tenant, since)
+    finally:
+        await ledger.close()
+
+
+def _read_proxy(base: str, key: str | None, tenant: str | None, since: str | None
+                ) -> list[LedgerRow]:
+    """The ledger as a running proxy serves it (``GET /v1/linguagate/usage``): the way to
+    read an in-memory ledger, and a tenant key's own view."""
+    import httpx
+
+    params = {k: v for k, v in (("tenant", tenant), ("since", since)) if v}
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(base.rstrip("/") + "/v1/linguagate/usage", params=params,
+                             headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise LedgerUnavailable(f"cannot reach the proxy at {base}: {exc}") from exc
+    if response.status_code != 200:
+        raise LedgerUnavailable(f"the proxy answered {response.status_code}: {response.text[:200]}")
+    return [LedgerRow(**row) for row in response.json()["data"]]
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Entry point of ``linguagate report`` (exit status)."""
+    url = args.redis_url or os.environ.get("LINGUAGATE_REDIS_URL")
+    if args.proxy:
+        try:
+            prices = load_prices(args.prices)
+            rows = _read_proxy(args.proxy, args.key or os.environ.get("LINGUAGATE_KEY"),
+                               args.tenant, args.since)
+        except (OSError, ValueError, LedgerUnavailable) as exc:
+            print(f"linguagate report: {exc}", file=sys.stderr)
+            return 1
+        return _print(rows, prices, args.json, None)
+    if not url:
+        print(
+            "linguagate report: no ledger to read: pass --redis-url (or set "
+            "LINGUAGATE_REDIS_URL); without Redis the ledger lives in the serving process "
+            "(GET /v1/linguagate/usage)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        since = parse_since(args.since) if args.since else None
+        prices = load_prices(args.prices)
+    except (OSError, ValueError) as exc:
+        print(f"linguagate report: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rows = asyncio.run(_read(url, args.tenant, since))
+    except LedgerUnavailable as exc:
+        print(f"linguagate report: {exc}", file=sys.stderr)
+        return 1
+    return _print(rows, prices, args.json, since)
+
+
+def _print(rows: list[LedgerRow], prices: PriceTable, as_json: bool,
+           since: datetime | None) -> int:
+    if as_json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    elif not rows:
+        print("no usage recorded" + (f" since {since:%Y-%m-%d %H:00} UTC" if since else ""))
+    else:
+        print(format_table(rows, prices))
+    return 0
+
+
+def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``report`` on the ``linguagate`` subparsers."""
+    report = sub.add_parser(
+        "report",
+        help="print the savings ledger per tenant and model",
+        description="Print requests, original/forwarded/saved prompt tokens and estimated money "
+        "saved per tenant and model, from the Redis ledger. --since uses hourly buckets "
+        "(kept 30 days); without it, all-time totals.",
+    )
+    report.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="Redis holding the ledger (default: LINGUAGATE_REDIS_URL)",
+    )
+    report.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="read from a running proxy instead (e.g. http://127.0.0.1:8080): the way to see an "
+        "in-memory ledger; needs --key (or LINGUAGATE_KEY): an admin key sees every tenant",
+    )
+    report.add_argument("--key", metavar="KEY", help="proxy API key for --proxy")
+    report.add_argument("--tenant", metavar="T", help="only this tenant")
+    report.add_argument(
+        "--since",
+        metavar="D",
+        help="ISO date/datetime (UTC when naive) or relative: 30m, 24h, 7d, 2w",
+    )
+    report.add_argument(
+        "--prices",
+        type=Path,
+        metavar="FILE",
+        help="TOML/JSON table of model glob = USD per 1M input tokens",
+    )
+    report.add_argument("--json", action="store_true", help="print rows as JSON")
+    report.set_defaults(func=run_report)

@@ -1,0 +1,103 @@
+"""The client side of a request: its id, its body (bounded), its tenant, and the forward.
+
+Shared by the chat pipeline and the plain pass-through routes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.types import Scope
+
+from proxy.core.errors import AuthenticationFailed, PayloadTooLarge
+from proxy.gateway.forwarding import ForwardRequest, RawHeaderList, request_headers_for_upstream
+from proxy.policy.model import PolicySnapshot, Tenant
+from proxy.gateway.tenancy import resolve_tenant
+from proxy.gateway.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from proxy.accounting.ledger import UsageRecord
+
+__all__ = ["authenticate", "forward_request", "read_body", "request_id_for", "started_at"]
+
+_MAX_REQUEST_ID = 200
+
+
+def started_at(request: Request) -> float:
+    """The moment handling began, for `x-linguagate-overhead-ms`."""
+    return time.perf_counter()
+
+
+def request_id_for(request: Request) -> str:
+    """The client's `x-request-id` when it is a sane token, else a fresh `lg-<uuid>`."""
+    given = request.headers.get("x-request-id")
+    if given and len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
+        return given
+    return "lg-" + os.urandom(16).hex()
+
+
+def authenticate(request: Request, snapshot: PolicySnapshot) -> Tenant:
+    """The caller's tenant; 401 when the key is unknown and no anonymous tenant exists."""
+    tenant = resolve_tenant(snapshot, request.headers)
+    if tenant is None:
+        raise AuthenticationFailed("Incorrect API key provided.", code="invalid_api_key")
+    return tenant
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body; 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(_too_large(limit))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(_too_large(limit))
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _raw_path(scope: Scope) -> str:
+    # The path as the client encoded it (`%2F` stays `%2F`), not the decoded `path`.
+    raw: bytes | None = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else str(scope["path"])
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body exceeds the proxy's limit of {limit} bytes."
+
+
+def forward_request(
+    request: Request,
+    upstream: UpstreamClient,
+    *,
+    content: bytes,
+    request_id: str,
+    response_headers: RawHeaderList,
+    streaming: bool,
+    started: float,
+    usage: UsageRecord | None = None,
+) -> ForwardRequest:
+    """The upstream request for `request`: same method, path and query; `content` as body."""
+    scope = request.scope
+    headers = request_headers_for_upstream(
+        scope["headers"],
+        request_id=request_id,
+        org_authorization=upstream.org_authorization,
+        identity_encoding=streaming,
+    )
+    return ForwardRequest(
+        method=scope["method"],
+        url=upstream.url_for(_raw_path(scope), scope["query_string"]),
+        headers=headers,
+        content=content,
+        request_id=request_id,
+        response_headers=response_headers,
+        started=started,
+        usage=usage,
+    )

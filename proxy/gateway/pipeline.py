@@ -1,0 +1,190 @@
+"""The `POST /v1/chat/completions` path, read top to bottom in `chat_completions()`:
+
+    tenant -> read (size limit) -> parse (what we act on) -> COMPRESSION STEP -> forward -> relay
+
+The compression step is a `ChatTransform`: it receives the client's exact bytes and the
+parsed body and returns the bytes to forward plus headers to report. The default
+`identity_transform` forwards the client's bytes untouched; the compressing transform is
+plugged in through `Services.chat_transform` (see `proxy.services.open_services`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.core.errors import InvalidParameter, MalformedJSON, ProxyError, error_response
+from proxy.gateway.intake import authenticate, forward_request, read_body, request_id_for, started_at
+from proxy.policy.model import Tenant
+from proxy.gateway.streaming import UpstreamRelay
+
+if TYPE_CHECKING:
+    from proxy.accounting.ledger import UsageRecord
+    from proxy.services import Services
+
+__all__ = [
+    "ChatTransform",
+    "PipelineOutcome",
+    "chat_completions",
+    "identity_transform",
+    "parse_chat_body",
+    "parse_completion_body",
+]
+
+_log = logging.getLogger("linguagate.pipeline")
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    """What the compression step decided.
+
+    `body` is exactly the client's bytes when nothing changed; `headers` are
+    `x-linguagate-*` headers to add to the response; `usage`, if any, is recorded.
+    """
+
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    # One request's accounting; the relay adds the upstream's own token counts and hands it
+    # to `Services.ledger` once the answer is complete (or the client went away).
+    usage: UsageRecord | None = None
+
+
+class ChatTransform(Protocol):
+    """The compression hook. It may only change compressible strings of `raw`; raising
+    `ProxyError` rejects the request (e.g. a bad override header), any other exception
+    fails open (the client's bytes are forwarded). Called with positional arguments."""
+
+    async def __call__(
+        self, raw: bytes, body: dict[str, Any], tenant: Tenant, request_headers: Headers, /
+    ) -> PipelineOutcome: ...
+
+
+async def identity_transform(
+    raw: bytes, body: dict[str, Any], tenant: Tenant, request_headers: Headers
+) -> PipelineOutcome:
+    """Forward the client's bytes unchanged (the default until compression is plugged in)."""
+    return PipelineOutcome(raw)
+
+
+def parse_chat_body(raw: bytes) -> dict[str, Any]:
+    """Parse a chat request, validating only the fields the proxy acts on.
+
+    `model` must be a string, `messages` a list of objects, `stream` a boolean (or null);
+    every other field is left for the upstream to judge and is forwarded untouched.
+    """
+    try:
+        # Decoding first skips json's encoding sniffing: request bodies are UTF-8 (RFC 8259).
+        body = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedJSON(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedJSON("The request body must be a JSON object.")
+    if "model" not in body:
+        raise InvalidParameter(
+            "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+        )
+    if not isinstance(body["model"], str):
+        raise InvalidParameter("'model' must be a string.", param="model", code="invalid_type")
+    messages = body.get("messages")
+    if messages is None:
+        raise InvalidParameter(
+            "Missing required parameter: 'messages'.",
+            param="messages",
+            code="missing_required_parameter",
+        )
+    if not isinstance(messages, list):
+        raise InvalidParameter(
+            "'messages' must be an array.", param="messages", code="invalid_type"
+        )
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidParameter(
+                f"'messages[{index}]' must be an object.",
+                param=f"messages[{index}]",
+                code="invalid_type",
+            )
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise InvalidParameter("'stream' must be a boolean.", param="stream", code="invalid_type")
+    return body
+
+
+def parse_completion_body(raw: bytes) -> dict[str, Any]:
+    """Parse a legacy `/v1/completions` request: a JSON object with a string `model`.
+
+    Only a plain string `prompt` is ever compressed; everything else is the upstream's to judge.
+    """
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedJSON(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedJSON("The request body must be a JSON object.")
+    if not isinstance(body.get("model"), str):
+        raise InvalidParameter("'model' must be a string.", param="model", code="invalid_type")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise InvalidParameter("'stream' must be a boolean.", param="stream", code="invalid_type")
+    return body
+
+
+async def _compression_step(
+    transform: ChatTransform,
+    raw: bytes,
+    body: dict[str, Any],
+    tenant: Tenant,
+    headers: Headers,
+    request_id: str,
+) -> PipelineOutcome:
+    try:
+        return await transform(raw, body, tenant, headers)
+    except ProxyError:
+        raise
+    except Exception as exc:  # fail open: compression may only ever save tokens
+        _log.error(
+            "chat transform failed, forwarding unchanged: %s (request_id=%s)",
+            type(exc).__name__,
+            request_id,
+        )
+        return PipelineOutcome(raw, {"x-linguagate-compression": "skipped: compressor_error"})
+
+
+async def chat_completions(
+    request: Request,
+    services: Services,
+    parse: Callable[[bytes], dict[str, Any]] = parse_chat_body,
+) -> Response | UpstreamRelay:
+    """Handle one (chat) completion request; every failure becomes an OpenAI-shaped error.
+
+    `parse` is `parse_completion_body` for the legacy `/v1/completions` route, which goes
+    through the same compression step.
+    """
+    started = started_at(request)
+    request_id = request_id_for(request)
+    try:
+        tenant = authenticate(request, services.policies.current)
+        raw = await read_body(request, services.settings.max_body_bytes)
+        body = parse(raw)
+        outcome = await _compression_step(
+            services.chat_transform, raw, body, tenant, request.headers, request_id
+        )
+    except ProxyError as exc:
+        return error_response(exc, request_id)
+    own_headers = [(b"x-linguagate-tenant", tenant.name.encode())]
+    own_headers += [(k.lower().encode(), v.encode()) for k, v in outcome.headers.items()]
+    forward = forward_request(
+        request,
+        services.upstream,
+        content=outcome.body,
+        request_id=request_id,
+        response_headers=own_headers,
+        streaming=body.get("stream") is True,
+        started=started,
+        usage=outcome.usage,
+    )
+    return UpstreamRelay(services.upstream, forward, ledger=services.ledger)

@@ -1,0 +1,90 @@
+"""`linguagate` CLI: serve flags/env to Settings to uvicorn; plugged subcommands."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.cli import commands as cli
+from proxy.app import ProxyApp
+
+
+@pytest.fixture
+def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, Any]]]:
+    import uvicorn
+
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    for name in (
+        "LINGUAGATE_UPSTREAM_URL",
+        "LINGUAGATE_PORT",
+        "LINGUAGATE_WORKERS",
+        "LINGUAGATE_POLICIES",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def test_serve_one_worker(
+    uvicorn_calls: list[tuple[Any, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LINGUAGATE_UPSTREAM_URL", "http://env-upstream/v1")
+    monkeypatch.setenv("LINGUAGATE_PORT", "9001")
+    status = cli.main(
+        [
+            "serve",
+            "--port",
+            "9002",
+            "--policies",
+            "/tmp/p",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    )
+    assert status == 0
+    app, kwargs = uvicorn_calls[0]
+    assert isinstance(app, ProxyApp)
+    assert kwargs["port"] == 9002  # flag beats environment
+    assert (kwargs["loop"], kwargs["http"], kwargs["access_log"]) == ("uvloop", "httptools", False)
+
+
+def test_serve_workers_use_factory_and_env(
+    uvicorn_calls: list[tuple[Any, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "environ", {})
+    assert (
+        cli.main(["serve", "--workers", "3", "--upstream", "http://u/v1", "--policies", "pol"]) == 0
+    )
+    app, kwargs = uvicorn_calls[0]
+    assert app == "proxy.app:create_app_from_env"
+    assert kwargs["factory"] is True and kwargs["workers"] == 3
+    assert os.environ["LINGUAGATE_UPSTREAM_URL"] == "http://u/v1"
+    assert Path(os.environ["LINGUAGATE_POLICIES"]) == Path("pol")
+
+
+def test_bad_setting_exits_2(
+    uvicorn_calls: list[tuple[Any, dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", "--upstream", "ftp://nope"]) == 2
+    assert "upstream URL" in capsys.readouterr().err
+    assert uvicorn_calls == []
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 2
+    assert "serve" in capsys.readouterr().out
+
+
+def test_serve_does_not_import_other_subcommands() -> None:
+    parser, registered = cli.build_parser("serve")
+    assert registered == []
+    assert parser.parse_args(["serve"]).func is not None
+
+
+def test_admin_subcommands_registered() -> None:
+    _, registered = cli.build_parser("keys")
+    assert registered == ["proxy.cli.admin"]
