@@ -78,8 +78,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from proxy.cli.align import run_eval
     from proxy.alignment.train import AlignConfig, train
+    from proxy.cli.align import run_eval
 
     files = build_pairs(args.out, args.retrieval)
     model_dir = args.out / "model"

@@ -44,8 +44,8 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.app import create_app
-from proxy.services import open_services
 from proxy.core.settings import Settings
+from proxy.services import open_services
 
 DATA = Path(os.environ.get("LINGUAGATE_BENCH_DATA", "/work/shared/data"))
 MODEL = "gpt-4o-mini"  # any name: the local upstream answers it; tiktoken counts for it

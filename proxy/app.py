@@ -22,11 +22,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
 
-from proxy.policy.model import PolicyStore
-from proxy.routes import dispatch_v1, routes
-from proxy.services import Services, open_services
 from proxy.core.settings import Settings
 from proxy.core.tokens import encoding_for_model
+from proxy.gateway.state import Services
+from proxy.policy.store import PolicyStore
+from proxy.routes import dispatch_v1, routes
+from proxy.services import open_services
 
 __all__ = ["ProxyApp", "ServicesFactory", "create_app", "create_app_from_env"]
 

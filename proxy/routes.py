@@ -15,11 +15,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from proxy.dashboard import dashboard_routes
 from proxy.core.errors import NotFound, ProxyError, error_response
-from proxy.gateway.intake import authenticate, forward_request, read_body, request_id_for, started_at
+from proxy.dashboard import dashboard_routes
+from proxy.gateway.intake import (
+    authenticate,
+    forward_request,
+    read_body,
+    request_id_for,
+    started_at,
+)
 from proxy.gateway.pipeline import chat_completions, parse_completion_body
-from proxy.services import ComponentStatus, Services
+from proxy.gateway.state import ComponentStatus, Services
 from proxy.gateway.streaming import UpstreamRelay
 
 __all__ = ["dispatch_v1", "routes"]

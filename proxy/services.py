@@ -10,73 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import httpx
 
 from proxy.accounting.accountant import Accountant
-from proxy.compression.cache import CompressionCache, MemoryCache, RedisCache, RedisSettings, connect_redis
+from proxy.accounting.metrics import Metrics
+from proxy.compression.cache import CompressionCache, MemoryCache, RedisCache
 from proxy.compression.engine_metrics import CompressorCollector
 from proxy.compression.pool import CompressorPool
 from proxy.compression.service import CompressorService, batching_for, load_local_engine
-from proxy.accounting.metrics import Metrics
-from proxy.gateway.pipeline import ChatTransform, identity_transform
-from proxy.policy.model import PolicyStore
+from proxy.compression.transform import ChatTransform
 from proxy.core.settings import Settings
+from proxy.gateway.state import ComponentStatus, Probe, Services
 from proxy.gateway.upstream import UpstreamClient
+from proxy.policy.store import PolicyStore
+from proxy.store.redis import RedisSettings, connect_redis
 
 if TYPE_CHECKING:
+    from proxy.accounting.ledger import Ledger
     from proxy.alignment.capture import CaptureWriter
     from proxy.compression.service import CompressionEngine
-    from proxy.accounting.ledger import Ledger
 
-__all__ = ["ComponentStatus", "Probe", "Services", "open_services"]
-
-
-@dataclass(frozen=True)
-class ComponentStatus:
-    """One line of `/readyz`: `status` is "ok", "down", "not_configured", "loading", ...
-
-    `required` components make `/readyz` answer 503 while they are not ok; the upstream and
-    Redis are reported but not required (requests fail open without Redis, and every replica
-    shares the same upstream, so pulling replicas out of rotation would not help).
-    """
-
-    status: str
-    required: bool = False
-    detail: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("ok", "not_configured")
-
-
-Probe = Callable[[], Awaitable[ComponentStatus]]
-
-
-@dataclass(frozen=True)
-class Services:
-    """Everything a handler may use. Frozen: swapping a service means building a new app."""
-
-    settings: Settings
-    upstream: UpstreamClient
-    policies: PolicyStore
-    chat_transform: ChatTransform = identity_transform
-    # Where `PipelineOutcome.usage` records go once an answer is complete (None: nowhere).
-    ledger: Ledger | None = None
-    # `/readyz` components beside policies and upstream: "redis" (when configured), "model", ...
-    probes: Mapping[str, Probe] = field(default_factory=lambda: MappingProxyType({}))
-    # The compression stack (None when a test plugs in its own transform without them).
-    compressor: CompressorService | None = None
-    cache: CompressionCache | None = None
-    metrics: Metrics | None = None
-    # Opt-in pair capture for alignment (`[alignment] capture = true` tenants); see
-    # proxy.alignment.capture. None: never captures.
-    capture: CaptureWriter | None = None
+__all__ = ["open_services"]
 
 
 def needs_compressor(policies: PolicyStore) -> bool:

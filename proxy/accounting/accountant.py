@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from proxy.compression.cache import BackendStatus
 from proxy.accounting.ledger import HourBucket, Ledger, LedgerRow, LedgerUnavailable, UsageRecord
 from proxy.accounting.metrics import Metrics
+from proxy.store.redis import BackendStatus
 
 __all__ = ["Accountant"]
 

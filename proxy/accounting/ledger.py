@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
-from proxy.compression.cache import (
+from proxy.store.redis import (
     KEY_PREFIX,
     BackendStatus,
     FailOpenRedis,

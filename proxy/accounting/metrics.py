@@ -17,7 +17,7 @@ Exported series (counters carry the ``_total`` suffix on the wire)::
     linguagate_compression_seconds{tenant,model}           histogram of compression latency
     linguagate_redis_up{component}                         1/0 per Redis-backed component
     linguagate_backend_errors_total{component,backend}     failed cache/ledger operations
-    linguagate_compressor_*{model}                         engines: see proxy.compression.engine_metrics
+    linguagate_compressor_*{model}                         see proxy.compression.engine_metrics
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.compression.cache import BackendStatus
 from proxy.accounting.ledger import UsageRecord
+from proxy.store.redis import BackendStatus
 
 __all__ = ["OTHER_MODEL", "Metrics"]
 

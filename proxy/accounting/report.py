@@ -26,8 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
-from proxy.compression.cache import RedisSettings
 from proxy.accounting.ledger import LedgerRow, LedgerUnavailable, RedisLedger
+from proxy.store.redis import RedisSettings
 
 __all__ = [
     "DEFAULT_PRICES",

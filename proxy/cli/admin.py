@@ -13,9 +13,9 @@ import secrets
 import sys
 from pathlib import Path
 
-from proxy.policy.schema import load_directory
-from proxy.policy.model import CompressionPolicy, PolicyError, Tenant
 from proxy.gateway.tenancy import hash_api_key_hex
+from proxy.policy.model import CompressionPolicy, PolicyError, Tenant
+from proxy.policy.schema import load_directory
 
 __all__ = ["add_subcommands"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,8 +28,27 @@ from transformers import DynamicCache
 
 from proxy.compress.batching import Job, chunk_by_cost
 
-if TYPE_CHECKING:
-    from proxy.compress.scoring import Scorer
+
+
+class Scorer(Protocol):
+    """What the forward passes need of `proxy.compress.scoring.Scorer` (defined there, above
+    this module: the scorer builds jobs, this module runs them)."""
+
+    @property
+    def model(self) -> Any: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def context(self) -> int: ...
+    @property
+    def start_id(self) -> int: ...
+    @property
+    def pad_id(self) -> int: ...
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor | None = None,
+               cache: DynamicCache | None = None,
+               positions: torch.Tensor | None = None) -> torch.Tensor: ...
+    def head_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    def score_windowed(self, seq: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]: ...
 
 __all__ = [
     "ScoreJob",
@@ -175,7 +194,7 @@ class WindowJob:
 
     def run_batch(self, group: Sequence[Any]) -> list[FloatArray]:
         with torch.inference_mode():
-            return [self.scorer._score_windowed(job.ids) for job in group]
+            return [self.scorer.score_windowed(job.ids) for job in group]
 
 
 def run_local(jobs: Sequence[Job[Any]], budget: int) -> list[Any]:
@@ -204,7 +223,7 @@ def _run_scores(sc: Scorer, group: Sequence[ScoreJob]) -> list[FloatArray]:
     dev = sc.device
     with torch.inference_mode():
         ids, mask = ids.to(dev), mask.to(dev)
-        hidden = sc._hidden(ids, mask)
+        hidden = sc.hidden(ids, mask)
         parts = []
         for row, job in enumerate(group):  # the head per row: its shape is the row's own
             n, k = len(job.ids), min(job.skip, len(job.ids))
@@ -246,7 +265,7 @@ def _run_steps(sc: Scorer, group: Sequence[StepJob]) -> list[StepResult]:
     dev = sc.device
     with torch.inference_mode():
         cache = _batch_cache(sc, group, past_w)
-        hidden = sc._hidden(ids.to(dev), mask.to(dev), cache=cache, positions=positions.to(dev))
+        hidden = sc.hidden(ids.to(dev), mask.to(dev), cache=cache, positions=positions.to(dev))
         most = max(job.n_prefix for job in group)
         layers: list[Any] = list(cache.layers)
         # [layers, 2, rows, heads, most, dim]: every row's new prefix entries, in one tensor.

@@ -112,7 +112,7 @@ class Scorer:
 
     # --- low level -------------------------------------------------------------
 
-    def _hidden(
+    def hidden(
         self,
         ids: torch.Tensor,
         mask: torch.Tensor | None = None,
@@ -192,7 +192,7 @@ class Scorer:
         )
         return out
 
-    def _score_windowed(self, seq: IntArray) -> FloatArray:
+    def score_windowed(self, seq: IntArray) -> FloatArray:
         """Sliding windows: each window re-reads the previous half context, scores the next half."""
         ctx = self.context - 1
         half = ctx // 2
@@ -202,7 +202,7 @@ class Scorer:
             left = max(0, done - half)
             right = min(len(seq), left + ctx)
             window = torch.tensor([self.start_id, *seq[left:right].tolist()], device=self.device)
-            hidden = self._hidden(window[None])[0]
+            hidden = self.hidden(window[None])[0]
             lo = done - left  # first position of this window to score
             nll = self.head_nll(hidden[lo : right - left], window[lo + 1 : right - left + 1])
             out[done:right] = nll.cpu().numpy()

@@ -23,11 +23,12 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy.compression.cache import cache_key, canonical_json
 from proxy.compress.protect import ProtectRules
+from proxy.compression.cache import cache_key
 from proxy.compression.messages import ChatComponents, Item
-from proxy.policy.model import CompressionPolicy, QuestionAware
 from proxy.core.tokens import count_tokens, encoding_name_for_model
+from proxy.policy.model import CompressionPolicy, QuestionAware
+from proxy.store.redis import canonical_json
 
 __all__ = ["ALGO_VERSION", "Plan", "Unit", "plan_units", "ranks_by_question"]
 

@@ -22,11 +22,8 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from proxy.compression.cache import CompressionCache
-from proxy.compression.pool import CompressorPool
-from proxy.compression.service import CompressionEngine, CompressorService, default_deadline_ms
-from proxy.core.executor import DeadlineExceeded, QueueFull
 from proxy.accounting.ledger import UsageRecord
+from proxy.compression.cache import CompressionCache
 from proxy.compression.messages import (
     ChatComponents,
     Item,
@@ -37,10 +34,13 @@ from proxy.compression.messages import (
     text_token_count,
 )
 from proxy.compression.overrides import Override, read_override
-from proxy.gateway.pipeline import PipelineOutcome
 from proxy.compression.plan import Plan, Unit, plan_units
-from proxy.policy.model import CompressionPolicy, Tenant
+from proxy.compression.pool import CompressorPool
 from proxy.compression.rewrite import replace_strings
+from proxy.compression.service import CompressionEngine, CompressorService, default_deadline_ms
+from proxy.compression.transform import PipelineOutcome
+from proxy.core.executor import DeadlineExceeded, QueueFull
+from proxy.policy.model import CompressionPolicy, Tenant
 
 __all__ = ["CompressionStep", "UnitResult"]
 

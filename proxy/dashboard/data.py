@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from proxy.dashboard.stats import Histogram, histogram
 from proxy.accounting.ledger import (
     LATENCY_EDGES_MS,
     LATENCY_PREFIX,
@@ -22,6 +21,7 @@ from proxy.accounting.ledger import (
     LedgerRow,
 )
 from proxy.accounting.report import PriceTable
+from proxy.dashboard.stats import Histogram, histogram
 
 __all__ = [
     "PERIODS",

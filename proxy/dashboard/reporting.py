@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from proxy.accounting.ledger import LedgerUnavailable
+from proxy.accounting.report import parse_since
 from proxy.core.errors import InvalidParameter, PermissionDenied, ProxyError, error_response
 from proxy.gateway.intake import authenticate, request_id_for
-from proxy.accounting.ledger import LedgerUnavailable
+from proxy.gateway.state import Services
 from proxy.policy.model import Tenant
-from proxy.accounting.report import parse_since
-from proxy.services import Services
 
 __all__ = ["metrics_endpoint", "usage_endpoint"]
 

@@ -27,6 +27,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from proxy.accounting.ledger import HourBucket, LedgerUnavailable
+from proxy.accounting.report import PriceTable, load_prices
+from proxy.core.errors import (
+    AuthenticationFailed,
+    InvalidParameter,
+    NotFound,
+    PermissionDenied,
+    ProxyError,
+    error_response,
+)
 from proxy.dashboard import pages
 from proxy.dashboard.assets import STYLESHEET
 from proxy.dashboard.auth import (
@@ -40,18 +50,8 @@ from proxy.dashboard.auth import (
 )
 from proxy.dashboard.data import PERIODS, Summary, Window, summarize, summarize_all, window
 from proxy.dashboard.sessions import SessionCodec
-from proxy.core.errors import (
-    AuthenticationFailed,
-    InvalidParameter,
-    NotFound,
-    PermissionDenied,
-    ProxyError,
-    error_response,
-)
 from proxy.gateway.intake import request_id_for
-from proxy.accounting.ledger import HourBucket, LedgerUnavailable
-from proxy.accounting.report import PriceTable, load_prices
-from proxy.services import Services
+from proxy.gateway.state import Services
 
 __all__ = ["dashboard_routes"]
 

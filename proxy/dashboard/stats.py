@@ -62,7 +62,7 @@ class Histogram:
 
 
 def histogram(prefix: str, edges: Sequence[float], counters: Mapping[str, float]) -> Histogram:
-    """Read the ``prefix<le>`` counters (as ``proxy.accounting.ledger.histogram_field`` names them)."""
+    """Read the ``prefix<le>`` counters (named by ``proxy.accounting.ledger.histogram_field``)."""
     bounds = (*edges, math.inf)
     counts = tuple(
         int(counters.get(f"{prefix}{'inf' if math.isinf(e) else f'{e:g}'}", 0)) for e in bounds

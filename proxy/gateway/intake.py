@@ -14,9 +14,9 @@ from starlette.types import Scope
 
 from proxy.core.errors import AuthenticationFailed, PayloadTooLarge
 from proxy.gateway.forwarding import ForwardRequest, RawHeaderList, request_headers_for_upstream
-from proxy.policy.model import PolicySnapshot, Tenant
 from proxy.gateway.tenancy import resolve_tenant
 from proxy.gateway.upstream import UpstreamClient
+from proxy.policy.model import PolicySnapshot, Tenant
 
 if TYPE_CHECKING:
     from proxy.accounting.ledger import UsageRecord

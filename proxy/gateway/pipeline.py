@@ -13,64 +13,30 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 
+from proxy.compression.transform import ChatTransform, PipelineOutcome
 from proxy.core.errors import InvalidParameter, MalformedJSON, ProxyError, error_response
-from proxy.gateway.intake import authenticate, forward_request, read_body, request_id_for, started_at
-from proxy.policy.model import Tenant
+from proxy.gateway.intake import (
+    authenticate,
+    forward_request,
+    read_body,
+    request_id_for,
+    started_at,
+)
 from proxy.gateway.streaming import UpstreamRelay
+from proxy.policy.model import Tenant
 
 if TYPE_CHECKING:
-    from proxy.accounting.ledger import UsageRecord
-    from proxy.services import Services
+    from proxy.gateway.state import Services
 
-__all__ = [
-    "ChatTransform",
-    "PipelineOutcome",
-    "chat_completions",
-    "identity_transform",
-    "parse_chat_body",
-    "parse_completion_body",
-]
+__all__ = ["chat_completions", "parse_chat_body", "parse_completion_body"]
 
 _log = logging.getLogger("linguagate.pipeline")
-
-
-@dataclass(frozen=True)
-class PipelineOutcome:
-    """What the compression step decided.
-
-    `body` is exactly the client's bytes when nothing changed; `headers` are
-    `x-linguagate-*` headers to add to the response; `usage`, if any, is recorded.
-    """
-
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-    # One request's accounting; the relay adds the upstream's own token counts and hands it
-    # to `Services.ledger` once the answer is complete (or the client went away).
-    usage: UsageRecord | None = None
-
-
-class ChatTransform(Protocol):
-    """The compression hook. It may only change compressible strings of `raw`; raising
-    `ProxyError` rejects the request (e.g. a bad override header), any other exception
-    fails open (the client's bytes are forwarded). Called with positional arguments."""
-
-    async def __call__(
-        self, raw: bytes, body: dict[str, Any], tenant: Tenant, request_headers: Headers, /
-    ) -> PipelineOutcome: ...
-
-
-async def identity_transform(
-    raw: bytes, body: dict[str, Any], tenant: Tenant, request_headers: Headers
-) -> PipelineOutcome:
-    """Forward the client's bytes unchanged (the default until compression is plugged in)."""
-    return PipelineOutcome(raw)
 
 
 def parse_chat_body(raw: bytes) -> dict[str, Any]:

@@ -26,14 +26,20 @@ from typing import TYPE_CHECKING
 
 from starlette.types import Message, Receive, Scope, Send
 
-from proxy.core.errors import UpstreamError, error_body, error_headers, error_status, sse_error_event
+from proxy.accounting.usage import UsageObserver
+from proxy.core.errors import (
+    UpstreamError,
+    error_body,
+    error_headers,
+    error_status,
+    sse_error_event,
+)
 from proxy.gateway.forwarding import ForwardRequest, response_headers_for_client
 from proxy.gateway.upstream import RawHeaders, UpstreamClient
-from proxy.accounting.usage import UsageObserver
 
 if TYPE_CHECKING:
-    from proxy.alignment.capture import PendingCapture
     from proxy.accounting.ledger import Ledger
+    from proxy.alignment.capture import PendingCapture
 
 __all__ = ["UpstreamRelay", "sse_relay"]
 

@@ -36,8 +36,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from proxy.local.wire import BadRequestError, ChatRequest, parse_chat_request
 from proxy.local.model import Generation, LocalChatModel, PromptTooLongError
+from proxy.local.wire import BadRequestError, ChatRequest, parse_chat_request
 
 __all__ = [
     "LocalUpstreamServer",

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from proxy.policy.toml_lines import KeyPath, key_lines, line_of
 from proxy.policy.model import (
     AlignmentPolicy,
     CompressionPolicy,
@@ -27,6 +26,7 @@ from proxy.policy.model import (
     Problem,
     Tenant,
 )
+from proxy.policy.toml_lines import KeyPath, key_lines, line_of
 
 __all__ = ["load_directory", "parse_policy"]
 

@@ -20,15 +20,15 @@ import openai
 import pytest
 
 from proxy.compression.service import CompressorService
-from proxy.services import open_services
 from proxy.core.settings import Settings
+from proxy.services import open_services
 from tests.support.compression import few_shot, key_of, write_policy
 from tests.support.servers import ProxyServer, run_proxy
 from tests.support.upstream import FakeUpstream
 
 if TYPE_CHECKING:
     from proxy.compress import Compressor
-    from proxy.services import Services
+    from proxy.gateway.state import Services
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from proxy.compression.cache import tenant_namespace
+from proxy.store.redis import tenant_namespace
 from tests.support.compression import (
     CompressionStack,
     ScriptedEngine,

@@ -10,8 +10,14 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from proxy.compression.cache import RedisSettings
-from proxy.accounting.ledger import HourBucket, LedgerUnavailable, MemoryLedger, RedisLedger, UsageRecord
+from proxy.accounting.ledger import (
+    HourBucket,
+    LedgerUnavailable,
+    MemoryLedger,
+    RedisLedger,
+    UsageRecord,
+)
+from proxy.store.redis import RedisSettings
 from tests.support.compression import CompressionStack, few_shot, key_of
 from tests.support.redis import RedisServer
 from tests.support.upstream import FakeUpstream

@@ -12,12 +12,13 @@ import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from proxy.core.errors import InvalidParameter
 from proxy.accounting.ledger import UsageRecord
-from proxy.gateway.pipeline import ChatTransform, PipelineOutcome
-from proxy.policy.model import Tenant
-from proxy.services import Services, open_services
+from proxy.compression.transform import ChatTransform, PipelineOutcome
+from proxy.core.errors import InvalidParameter
 from proxy.core.settings import Settings
+from proxy.gateway.state import Services
+from proxy.policy.model import Tenant
+from proxy.services import open_services
 from tests.support.proxy import ALPHA_KEY
 from tests.support.servers import ProxyServer, run_proxy, write_tenant
 from tests.support.upstream import FakeUpstream

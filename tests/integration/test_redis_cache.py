@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.compression.cache import RedisCache, RedisSettings, cache_key
+from proxy.compression.cache import RedisCache, cache_key
+from proxy.store.redis import RedisSettings
 from tests.support.redis import BlackHole, RedisServer
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.compression.cache import RedisSettings
 from proxy.accounting.ledger import LedgerUnavailable, RedisLedger, UsageRecord
+from proxy.store.redis import RedisSettings
 from tests.support.redis import BlackHole, RedisServer
 
 pytestmark = pytest.mark.integration

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import openai
 import pytest
 
-from proxy.compression.service import CompressorService
 from proxy.compression.messages import split_chat, text_token_count
-from proxy.services import open_services
+from proxy.compression.service import CompressorService
 from proxy.core.settings import Settings
+from proxy.services import open_services
 from tests.support.servers import ProxyServer, run_proxy
 from tests.support.tiny_lm import sample_text
 from tests.support.upstream import FakeUpstream
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from proxy.compress import CompressionResult, Compressor
-    from proxy.services import Services
+    from proxy.gateway.state import Services
 
 __all__ = [
     "EXPLODE",

@@ -20,8 +20,8 @@ from typing import Any
 import uvicorn
 
 from proxy.app import ServicesFactory, create_app
-from proxy.services import Services
 from proxy.core.settings import Settings
+from proxy.gateway.state import Services
 
 __all__ = ["ProxyServer", "ServerThread", "run_proxy", "write_tenant"]
 

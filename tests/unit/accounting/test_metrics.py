@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.compression.cache import BackendStatus
 from proxy.accounting.ledger import UsageRecord
 from proxy.accounting.metrics import OTHER_MODEL, Metrics
+from proxy.store.redis import BackendStatus
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from proxy.policy.schema import parse_policy
 from proxy.compression.pool import CompressorPool
 from proxy.compression.service import CompressorService
 from proxy.policy.model import AlignmentPolicy
+from proxy.policy.schema import parse_policy
 
 _HEAD = '[tenant]\nname = "t"\nanonymous = true\n'
 

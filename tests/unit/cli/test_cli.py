@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from proxy.cli import commands as cli
 from proxy.app import ProxyApp
+from proxy.cli import commands as cli
 
 
 @pytest.fixture

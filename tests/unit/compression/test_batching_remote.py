@@ -18,8 +18,8 @@ from proxy.compression.remote import RemoteEngine, RemoteError
 from proxy.compression.service import Batching, CompressorService
 from proxy.compression.worker import create_worker_app
 from proxy.core.executor import QueueFull
-from proxy.services import _default_engine
 from proxy.core.settings import Settings
+from proxy.services import _default_engine
 from tests.support.prometheus import sample
 from tests.support.servers import ServerThread
 from tests.support.tiny_lm import sample_text

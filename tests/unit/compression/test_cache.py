@@ -5,13 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from proxy.compression.cache import (
-    CircuitBreaker,
-    MemoryCache,
-    cache_key,
-    canonical_json,
-    tenant_namespace,
-)
+from proxy.compression.cache import MemoryCache, cache_key
+from proxy.store.redis import CircuitBreaker, canonical_json, tenant_namespace
 
 
 class Clock:

@@ -1,7 +1,7 @@
 import pytest
 
-from proxy.core.errors import InvalidParameter
 from proxy.compression.overrides import read_override
+from proxy.core.errors import InvalidParameter
 from proxy.policy.model import CompressionPolicy
 
 ALLOW = CompressionPolicy(mode="enforce", allow_request_override=True,

@@ -24,15 +24,15 @@ from proxy.compress import Compressor, ProtectRules
 from proxy.compression.remote import ModelNotServed, RemoteEngine
 from proxy.compression.service import Batching, CompressionEngine, CompressorService
 from proxy.compression.worker import create_worker_app
-from proxy.services import open_services
 from proxy.core.settings import Settings
+from proxy.services import open_services
 from tests.support.compression import few_shot, key_of, write_policy
 from tests.support.servers import ProxyServer, ServerThread, run_proxy
 from tests.support.tiny_lm import sample_text
 from tests.support.upstream import FakeUpstream
 
 if TYPE_CHECKING:
-    from proxy.services import Services
+    from proxy.gateway.state import Services
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from proxy.dashboard.data import summarize, summarize_all, window
 from proxy.accounting.ledger import HourBucket, UsageRecord
 from proxy.accounting.report import PriceTable
+from proxy.dashboard.data import summarize, summarize_all, window
 
 NOW = datetime(2026, 11, 27, 18, 30, tzinfo=UTC)
 PRICES = PriceTable({"gpt-4o*": 2.5, "gpt-4o-mini*": 0.15})

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from proxy.dashboard.stats import Histogram, histogram
 from proxy.accounting.ledger import (
     LATENCY_EDGES_MS,
     RATE_EDGES,
@@ -15,6 +14,7 @@ from proxy.accounting.ledger import (
     UsageRecord,
     histogram_field,
 )
+from proxy.dashboard.stats import Histogram, histogram
 
 NOW = datetime(2026, 11, 27, 18, 30, tzinfo=UTC)
 

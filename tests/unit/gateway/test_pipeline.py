@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.compression.transform import PipelineOutcome, identity_transform
 from proxy.core.errors import InvalidParameter, MalformedJSON
-from proxy.gateway.pipeline import PipelineOutcome, identity_transform, parse_chat_body
+from proxy.gateway.pipeline import parse_chat_body
 
 
 def test_valid_body_keeps_unknown_fields() -> None:

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from proxy.policy.schema import load_directory
-from proxy.policy.model import CompressionPolicy, PolicySnapshot, Tenant
 from proxy.gateway.tenancy import (
     api_key_from_headers,
     bearer_token,
@@ -16,6 +14,8 @@ from proxy.gateway.tenancy import (
     hash_api_key_hex,
     resolve_tenant,
 )
+from proxy.policy.model import CompressionPolicy, PolicySnapshot, Tenant
+from proxy.policy.schema import load_directory
 
 
 def tenant(name: str, *keys: str, anonymous: bool = False) -> Tenant:

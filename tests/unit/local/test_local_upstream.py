@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.local.wire import MAX_TOKENS_CAP, BadRequestError, parse_chat_request
 from proxy.local.model import (
     ChatMessage,
     Generation,
@@ -20,6 +19,7 @@ from proxy.local.model import (
     _StopScanner,
 )
 from proxy.local.upstream import create_local_upstream_app
+from proxy.local.wire import MAX_TOKENS_CAP, BadRequestError, parse_chat_request
 
 HELLO = [ChatMessage("user", "hello there")]
 GREEDY = GenerationParams(max_tokens=24, temperature=0)

@@ -12,6 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from proxy.policy.model import (
+    CompressionPolicy,
+    PolicyError,
+    PolicySnapshot,
+    Problem,
+    ProtectPolicy,
+)
 from proxy.policy.schema import (
     _COMPRESSION,
     _OVERRIDE,
@@ -20,15 +27,8 @@ from proxy.policy.schema import (
     load_directory,
     parse_policy,
 )
+from proxy.policy.store import PolicyStore
 from proxy.policy.toml_lines import key_lines, line_of
-from proxy.policy.model import (
-    CompressionPolicy,
-    PolicyError,
-    PolicySnapshot,
-    PolicyStore,
-    Problem,
-    ProtectPolicy,
-)
 
 REPO = Path(__file__).resolve().parents[3]
 KEY_A = hashlib.sha256(b"key-a").hexdigest()
