@@ -7,18 +7,22 @@ each bucket holds two histograms (non-cumulative bucket counts): the achieved ra
 (forwarded/original) of applied compressions (``rate:<le>``) and the compression
 latency in milliseconds (``ms:<le>``); ``series()`` reads the hourly buckets back.
 ``MemoryLedger`` lives in the process; ``RedisLedger`` survives restarts and is shared by
-replicas, with atomic HINCRBY/HINCRBYFLOAT in one MULTI transaction per request.
+replicas: one atomic, idempotent script per tenant per flush (``proxy.accounting.ledger_keys``),
+so a Redis Cluster can hold it and a retried flush never counts twice.
 
 Recording never fails a request: Redis errors are counted and dropped (the same
 circuit breaker as the cache). Reading raises ``LedgerUnavailable`` instead, so a
 report never shows an outage as zero savings.
 
-Redis layout (key names carry digests only; tenant and model names live in values)::
+Redis layout (key names carry digests only; tenant and model names live in values; the
+braces are the tenant's cluster hash tag)::
 
     lg:v1:ledger:tenants                          SET   tenant names
-    lg:v1:<t16>:ledger:models                     SET   model names of that tenant
-    lg:v1:<t16>:ledger:m:<m16>:total              HASH  counters + _tenant, _model
-    lg:v1:<t16>:ledger:m:<m16>:h:<YYYYMMDDHH>     HASH  same, EXPIRE retention
+    lg:v1:{<t16>}:ledger:models                   SET   model names of that tenant
+    lg:v1:{<t16>}:ledger:m:<m16>:total            HASH  counters + _tenant, _model
+    lg:v1:{<t16>}:ledger:m:<m16>:h:<YYYYMMDDHH>   HASH  same, EXPIRE retention
+    lg:v1:{<t16>}:ledger:w:<writer>               STRING last batch number applied for one
+                                                        proxy process, EXPIRE retention
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -34,15 +38,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-
+from proxy.accounting.ledger_keys import TENANTS_KEY, BatchWriter, model_prefix, models_key
+from proxy.store.clients import SharedRedis
 from proxy.store.redis import (
-    KEY_PREFIX,
     BackendStatus,
     FailOpenRedis,
     RedisSettings,
     connect_redis,
-    tenant_namespace,
 )
 
 __all__ = [
@@ -85,7 +87,7 @@ LATENCY_PREFIX = "ms:"
 _RETENTION = timedelta(days=30)
 log = logging.getLogger(__name__)
 OTHER_MODEL = "other"  # where model names beyond ``max_models`` per tenant are counted
-_TENANTS_KEY = f"{KEY_PREFIX}:ledger:tenants"
+_TENANTS_KEY = TENANTS_KEY
 _SETTINGS = RedisSettings()
 
 
@@ -321,7 +323,7 @@ class MemoryLedger:
 
 
 def _model_prefix(tenant: str, model: str) -> str:
-    return f"{tenant_namespace(tenant)}:ledger:m:{hashlib.sha256(model.encode()).hexdigest()[:16]}"
+    return model_prefix(tenant, model)
 
 
 def _text(value: bytes | str) -> str:
@@ -337,15 +339,17 @@ class RedisLedger:
 
     ``record()`` does no I/O: it adds the request's increments to a small pending
     table (one entry per tenant, model and hour) that a background task writes
-    every ``flush_interval_s`` in one MULTI transaction. A burst of requests thus
-    costs one round-trip, and a short Redis outage loses nothing: a failed flush
-    keeps its increments for the next one (at-least-once: a reply lost after the
-    server applied the transaction can count it twice). ``close()`` flushes.
+    every ``flush_interval_s``, one script call per tenant. A burst of requests thus
+    costs one round-trip, and a Redis outage or failover loses nothing: a flush seals
+    the pending table as a numbered batch and sends that same batch until it is stored,
+    while new records pend beside it; the number makes a resent batch count once even
+    when the server applied the first try and only its reply was lost. ``close()``
+    flushes.
     """
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: SharedRedis,
         settings: RedisSettings = _SETTINGS,
         *,
         owns_client: bool = True,
@@ -366,6 +370,11 @@ class RedisLedger:
         self.dropped = 0
         self._now = now
         self._pending: dict[tuple[str, str, datetime], dict[str, float]] = {}
+        # The batch being written, with its number: resent as it is until stored.
+        self._sealed: tuple[int, dict[tuple[str, str, datetime], dict[str, float]]] | None = None
+        self._batches = 0
+        ttl_s = int(retention.total_seconds()) + 3600
+        self._writer = BatchWriter(hourly_ttl_s=ttl_s, marker_ttl_s=ttl_s)
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
 
@@ -375,12 +384,12 @@ class RedisLedger:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + (len(self._sealed[1]) if self._sealed else 0)
 
     async def record(self, rec: UsageRecord) -> None:
         rec = self._models(rec)
         bucket = (rec.tenant, rec.model, rec.hour())
-        if bucket not in self._pending and len(self._pending) >= self.max_pending:
+        if bucket not in self._pending and self.pending >= self.max_pending:
             self.dropped += 1  # bounded memory during a long outage
             return
         _add(self._pending.setdefault(bucket, {}), rec.counters())
@@ -388,60 +397,24 @@ class RedisLedger:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        while self._pending:
+        while self._pending or self._sealed:
             await asyncio.sleep(self.flush_interval_s)
             await self.flush()
 
     async def flush(self) -> bool:
         """Write pending increments now; False (and kept for later) when Redis failed."""
         async with self._flush_lock:
-            if not self._pending:
-                return True
-            batch, self._pending = self._pending, {}
-            try:
-                if await self._redis.call(lambda: self._write(batch)):
-                    return True
-            except asyncio.CancelledError:
-                self._keep(batch)
-                raise
-            self._keep(batch)
-            return False
-
-    def _keep(self, batch: Mapping[tuple[str, str, datetime], Mapping[str, float]]) -> None:
-        for bucket, inc in batch.items():
-            if bucket in self._pending or len(self._pending) < self.max_pending:
-                _add(self._pending.setdefault(bucket, {}), inc)
-            else:
-                self.dropped += 1
-
-    async def _write(self, batch: Mapping[tuple[str, str, datetime], Mapping[str, float]]) -> bool:
-        totals: dict[tuple[str, str], dict[str, float]] = {}
-        for (tenant, model, _hour), inc in batch.items():
-            _add(totals.setdefault((tenant, model), {}), inc)
-        ttl = int(self.retention.total_seconds()) + 3600
-        async with self._redis.client.pipeline(transaction=True) as pipe:
-            for tenant, model in totals:
-                pipe.sadd(_TENANTS_KEY, tenant)
-                pipe.sadd(f"{tenant_namespace(tenant)}:ledger:models", model)
-            writes: list[tuple[str, str, str, Mapping[str, float]]] = [
-                (f"{_model_prefix(t, m)}:total", t, m, inc) for (t, m), inc in totals.items()
-            ]
-            writes += [
-                (f"{_model_prefix(t, m)}:h:{hour:%Y%m%d%H}", t, m, inc)
-                for (t, m, hour), inc in batch.items()
-            ]
-            for key, tenant, model, inc in writes:
-                pipe.hset(key, "_tenant", tenant)
-                pipe.hset(key, "_model", model)
-                for name, value in inc.items():
-                    if name == "compression_ms":
-                        pipe.hincrbyfloat(key, name, float(value))
-                    else:
-                        pipe.hincrby(key, name, int(value))
-                if ":h:" in key:
-                    pipe.expire(key, ttl)
-            await pipe.execute()
-        return True
+            for _ in range(2):  # the batch left by an earlier failure, then the pending one
+                if self._sealed is None:
+                    if not self._pending:
+                        return True
+                    self._batches += 1
+                    self._sealed, self._pending = (self._batches, self._pending), {}
+                write = functools.partial(self._writer.write, self._redis.client, *self._sealed)
+                if not await self._redis.call(write):
+                    return False  # sealed: the next flush resends this batch, same number
+                self._sealed = None
+            return not self._pending
 
     async def totals(
         self, tenant: str | None = None, since: datetime | None = None
@@ -466,8 +439,7 @@ class RedisLedger:
 
     async def _tenant_rows(self, tenant: str, since: datetime | None) -> list[LedgerRow]:
         client = self._redis.client
-        models_key = f"{tenant_namespace(tenant)}:ledger:models"
-        members = await self._redis.call(lambda: client.smembers(models_key))
+        members = await self._redis.call(lambda: client.smembers(models_key(tenant)))
         if members is None:
             raise LedgerUnavailable("redis ledger unreachable")
         models = sorted(_text(m) for m in members)
@@ -508,7 +480,7 @@ class RedisLedger:
         async def _models() -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
                 for name in tenants:
-                    pipe.smembers(f"{tenant_namespace(name)}:ledger:models")
+                    pipe.smembers(models_key(name))
                 return list(await pipe.execute())
 
         model_sets = await self._redis.call(_models) if tenants else []

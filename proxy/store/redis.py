@@ -7,6 +7,12 @@ Callers get ``None`` and carry on: the cache misses, the ledger buffers.
 
 Key names carry digests only (``lg:v1:<sha256(tenant)[:16]>:...``), never prompt text, tenant
 secrets or API keys.
+
+The rule that keeps every key family working on a Redis Cluster (see the README's key layout):
+keys that one transaction, script or multi-key command touches together share a hash tag, the
+tenant's (``tenant_slot_namespace``: ``lg:v1:{<t16>}:...``, one slot per tenant); keys read
+and written one at a time (cache entries, prefix-stable forms) use ``tenant_namespace``
+(``lg:v1:<t16>:...``, no braces) so that they spread over every slot of the cluster.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MaxConnectionsError
+
+from proxy.store.clients import ClientLimits, SharedRedis, build_client
+from proxy.store.topology import parse_redis_url
 
 __all__ = [
     "KEY_PREFIX",
@@ -35,6 +42,7 @@ __all__ = [
     "canonical_json",
     "connect_redis",
     "tenant_namespace",
+    "tenant_slot_namespace",
 ]
 
 KEY_PREFIX = "lg:v1"
@@ -44,9 +52,20 @@ _POOL_EXHAUSTED = "No connection available."  # redis-py's BlockingConnectionPoo
 log = logging.getLogger(__name__)
 
 
+def _tenant_digest(tenant: str) -> str:
+    return hashlib.sha256(tenant.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def tenant_namespace(tenant: str) -> str:
-    """``lg:v1:<first 16 hex of sha256(tenant name)>``: the prefix of all of a tenant's keys."""
-    return f"{KEY_PREFIX}:{hashlib.sha256(tenant.encode()).hexdigest()[:16]}"
+    """``lg:v1:<first 16 hex of sha256(tenant name)>``: the prefix of a tenant's spread keys
+    (each one lands in its own cluster slot)."""
+    return f"{KEY_PREFIX}:{_tenant_digest(tenant)}"
+
+
+def tenant_slot_namespace(tenant: str) -> str:
+    """``lg:v1:{<the same digest>}``: the prefix of a tenant's keys that are written together
+    (one cluster slot: the braces are Redis Cluster's hash tag)."""
+    return f"{KEY_PREFIX}:{{{_tenant_digest(tenant)}}}"
 
 
 def _json_default(value: Any) -> Any:
@@ -140,22 +159,23 @@ class RedisSettings:
         return self.pool_timeout_s + self.connect_timeout_s + 2 * self.socket_timeout_s + 0.05
 
 
-def connect_redis(url: str, settings: RedisSettings = RedisSettings()) -> aioredis.Redis:
-    """A ``redis.asyncio`` client that fails fast: short timeouts, no retries, bounded pool.
+def connect_redis(url: str, settings: RedisSettings = RedisSettings()) -> SharedRedis:
+    """redis-py's client for any URL form of ``proxy.store.topology`` (a server, a
+    Sentinel-managed primary, a cluster) that fails fast: short timeouts, no retries,
+    bounded pools. ``ValueError`` for a malformed URL.
 
     Under a burst, callers wait (within the operation deadline) for one of
-    ``max_connections`` connections instead of opening one socket each.
+    ``max_connections`` connections (per node, on a cluster) instead of opening one socket
+    each.
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
+    limits = ClientLimits(
+        socket_timeout_s=settings.socket_timeout_s,
+        connect_timeout_s=settings.connect_timeout_s,
+        health_check_interval_s=settings.health_check_interval_s,
         max_connections=settings.max_connections,
-        timeout=settings.pool_timeout_s,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.connect_timeout_s,
-        health_check_interval=settings.health_check_interval_s,
-        retry=Retry(NoBackoff(), 0),
+        pool_timeout_s=settings.pool_timeout_s,
     )
-    return aioredis.Redis.from_pool(pool)
+    return build_client(parse_redis_url(url), limits)
 
 
 class FailOpenRedis:
@@ -163,7 +183,7 @@ class FailOpenRedis:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: SharedRedis,
         settings: RedisSettings,
         *,
         name: str,
@@ -185,7 +205,8 @@ class FailOpenRedis:
         try:
             result = await asyncio.wait_for(op(), self.settings.op_deadline_s)
         except RedisConnectionError as exc:
-            if str(exc) != _POOL_EXHAUSTED:
+            # Sentinel's and the cluster's pools raise MaxConnectionsError when full.
+            if str(exc) != _POOL_EXHAUSTED and not isinstance(exc, MaxConnectionsError):
                 self._failed(exc)
                 return None
             # Every connection is busy (a local burst, not an outage): a miss, no breaker trip.

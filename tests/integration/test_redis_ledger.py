@@ -63,7 +63,8 @@ async def test_tenant_isolation_and_key_names(redis_url: str) -> None:
     assert "lg:v1:ledger:tenants" in keys
     for key in keys - {"lg:v1:ledger:tenants"}:
         assert re.fullmatch(
-            r"lg:v1:[0-9a-f]{16}:ledger:(models|m:[0-9a-f]{16}:(total|h:\d{10}))", key
+            r"lg:v1:\{[0-9a-f]{16}\}:ledger:(models|w:[0-9a-f]{16}|m:[0-9a-f]{16}:(total|h:\d{10}))",
+            key,
         ), key
     await ledger.close()
 
