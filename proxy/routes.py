@@ -19,6 +19,7 @@ from proxy.core.errors import NotFound, ProxyError, error_response
 from proxy.dashboard import dashboard_routes
 from proxy.gateway.intake import (
     authenticate,
+    check_path,
     forward_request,
     read_body,
     request_id_for,
@@ -54,8 +55,10 @@ async def _passthrough(request: Request) -> Response | UpstreamRelay:
     services = _services(request)
     started = started_at(request)
     request_id = request_id_for(request)
+    snapshot = services.policies.current
     try:
-        tenant = authenticate(request, services.policies.current)
+        check_path(request)
+        tenant = authenticate(request, snapshot)
         raw = await read_body(request, services.settings.max_body_bytes)
     except ProxyError as exc:
         return error_response(exc, request_id)
@@ -68,6 +71,7 @@ async def _passthrough(request: Request) -> Response | UpstreamRelay:
         # Cheap and safe: asking for identity only costs compression of a small body.
         streaming=b'"stream"' in raw,
         started=started,
+        snapshot=snapshot,
     )
     return UpstreamRelay(services.upstream, forward)
 

@@ -6,11 +6,13 @@ upstream's own usage filled in; neither sink may fail a request.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import datetime
 
 from proxy.accounting.ledger import HourBucket, Ledger, LedgerRow, LedgerUnavailable, UsageRecord
 from proxy.accounting.metrics import Metrics
+from proxy.core.safetext import safe_text
 from proxy.store.redis import BackendStatus
 
 __all__ = ["Accountant"]
@@ -26,6 +28,7 @@ class Accountant:
         self.metrics = metrics
 
     async def record(self, rec: UsageRecord) -> None:
+        rec = _safe(rec)
         try:
             self.metrics.observe(rec)
         except Exception as exc:  # metrics must never cost a request or its ledger entry
@@ -50,3 +53,16 @@ class Accountant:
 
     async def close(self) -> None:
         await self.ledger.close()
+
+
+def _safe(rec: UsageRecord) -> UsageRecord:
+    """`rec` with every string that becomes a label, key or ledger field made encodable and
+    bounded (the model name is the client's): one bad record must never break the sinks."""
+    reason = safe_text(rec.skip_reason) if rec.skip_reason is not None else None
+    safe = (safe_text(rec.tenant), safe_text(rec.model), safe_text(rec.outcome), reason)
+    if safe == (rec.tenant, rec.model, rec.outcome, rec.skip_reason):
+        return rec
+    tenant, model, outcome, reason = safe
+    return dataclasses.replace(
+        rec, tenant=tenant, model=model, outcome=outcome, skip_reason=reason
+    )

@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.accounting.ledger import UsageRecord
+from proxy.core.safetext import safe_text
 from proxy.store.redis import BackendStatus
 
 __all__ = ["OTHER_MODEL", "Metrics"]
@@ -148,6 +149,7 @@ class Metrics:
         self._backends.sources[component] = status
 
     def _model(self, model: str) -> str:
+        model = safe_text(model)  # a label must encode, or every later scrape fails
         if model in self._models:
             return model
         if len(self._models) >= self.max_models:

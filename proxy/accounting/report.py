@@ -102,13 +102,18 @@ def load_prices(path: Path | None) -> PriceTable:
 def parse_since(value: str, now: datetime | None = None) -> datetime:
     """``24h``, ``30m``, ``7d``, ``2w``, or an ISO date/datetime (naive means UTC)."""
     now = now or datetime.now(UTC)
-    if m := _RELATIVE.match(value):
-        return now - timedelta(**{_UNITS[m.group(2).lower()]: int(m.group(1))})
     try:
+        if m := _RELATIVE.match(value):
+            return now - timedelta(**{_UNITS[m.group(2).lower()]: int(m.group(1))})
         at = datetime.fromisoformat(value.strip())
+        # In UTC now: converting later (hour buckets) could overflow near year 1 or 9999.
+        return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+    except OverflowError:  # 999999d, or an offset that leaves the datetime range
+        raise ValueError(f"--since: {value[:64]!r} is out of range") from None
     except ValueError:
-        raise ValueError(f"--since: {value!r} is neither an ISO date nor like 24h, 7d") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+        raise ValueError(
+            f"--since: {value[:64]!r} is neither an ISO date nor like 24h, 7d"
+        ) from None
 
 
 def _money(value: float | None) -> str:

@@ -40,6 +40,7 @@ from proxy.compression.rewrite import replace_strings
 from proxy.compression.service import CompressionEngine, CompressorService, default_deadline_ms
 from proxy.compression.transform import PipelineOutcome
 from proxy.core.executor import DeadlineExceeded, QueueFull
+from proxy.core.offload import off_loop
 from proxy.policy.model import CompressionPolicy, Tenant
 
 __all__ = ["CompressionStep", "UnitResult"]
@@ -90,6 +91,14 @@ def _compress_unit(engine: CompressionEngine, unit: Unit, plan: Plan,
     return UnitResult((*r.demonstrations, *((r.question,) if with_q else ())))
 
 
+def _split(body: dict[str, Any], policy: CompressionPolicy) -> tuple[ChatComponents, int]:
+    components = (
+        split_chat(body, compress_json_tool_results=policy.compress_json_tool_results)
+        if "messages" in body else split_completion(body)  # legacy /v1/completions
+    )
+    return components, text_token_count(components)
+
+
 def _device_type(engine: CompressionEngine) -> str:
     device = getattr(engine, "device", None)
     return str(getattr(device, "type", "cpu"))
@@ -137,13 +146,9 @@ class CompressionStep:
         override = read_override(policy, request_headers)  # may raise InvalidParameter
         if policy.mode == "off":
             # The common case for most traffic: count (the ledger needs it), nothing more.
-            original = body_text_tokens(body, model)
+            original = await off_loop(len(raw), lambda: body_text_tokens(body, model))
             return _outcome(raw, tenant, model, original, _Decision("off"), override)
-        components = (
-            split_chat(body, compress_json_tool_results=policy.compress_json_tool_results)
-            if "messages" in body else split_completion(body)  # legacy /v1/completions
-        )
-        original = text_token_count(components)
+        components, original = await off_loop(len(raw), lambda: _split(body, policy))
         decision = await self._decide(raw, components, tenant, policy, override, original)
         return _outcome(raw, tenant, model, original, decision, override)
 
@@ -163,8 +168,9 @@ class CompressionStep:
             return _Decision("skipped", "compressor_loading" if state == "loading"
                              else "compressor_unavailable")
         started = time.perf_counter()
-        plan = plan_units(components, policy, rate=override.rate or policy.rate,
-                          original_tokens=original, tenant=tenant.name, model_id=engine.model_id)
+        plan = await off_loop(len(raw), lambda: plan_units(
+            components, policy, rate=override.rate or policy.rate, original_tokens=original,
+            tenant=tenant.name, model_id=engine.model_id))
         if not plan.units:
             return _Decision("skipped", "nothing_to_compress")
         deadline_ms = policy.max_compression_ms or default_deadline_ms(_device_type(engine))
@@ -186,7 +192,9 @@ class CompressionStep:
         if not replacements:
             return _Decision("skipped", "out_of_distribution" if ood else "no_savings",
                              cache=cache, ms=ms, hits=hits, misses=misses)
-        forwarded_tokens = text_token_count(components, replacements=replacements)
+        forwarded_tokens = await off_loop(
+            len(raw), lambda: text_token_count(components, replacements=replacements)
+        )
         if forwarded_tokens >= original:
             return _Decision("skipped", "no_savings", cache=cache, ms=ms, hits=hits, misses=misses)
         new_body = replace_strings(raw, replacements)

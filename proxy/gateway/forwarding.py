@@ -37,7 +37,11 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-request-id"}
+_NOT_FORWARDED = _HOP_BY_HOP | {
+    b"host", b"content-length", b"expect", b"x-request-id", b"cookie"
+}
+# Where clients put keys: replaced by the org key in org-key mode.
+_CLIENT_KEYS = frozenset({b"authorization", b"api-key"})
 # The server adds a fresh `date` of its own.
 _NOT_RELAYED = _HOP_BY_HOP | {b"date"}
 _OWN_PREFIX = b"x-linguagate-"
@@ -84,13 +88,16 @@ def request_headers_for_upstream(
     request_id: str,
     org_authorization: bytes | None,
     identity_encoding: bool,
+    drop: frozenset[bytes] = frozenset(),
 ) -> RawHeaderList:
-    """The client's headers minus hop-by-hop and our own control headers.
+    """The client's headers minus hop-by-hop and our own control headers, and `drop`.
 
-    With an org key the client's `authorization` is replaced by it; otherwise (bring your own
-    key) it is forwarded. Without an `accept-encoding` from the client, `identity` is asked
-    for, because the transport would otherwise ask for gzip and relay it to a client that
-    never said it could decode it; `identity_encoding` forces it (streams are never gzipped).
+    With an org key the client's `authorization` and `api-key` are replaced by it; otherwise
+    (bring your own key) they are forwarded unless `drop` names them (they carry a proxy
+    key). `cookie` never goes upstream (a dashboard session is ours). Without an
+    `accept-encoding` from the client, `identity` is asked for, because the transport would
+    otherwise ask for gzip and relay it to a client that never said it could decode it;
+    `identity_encoding` forces it (streams are never gzipped).
     """
     headers = list(client_headers)
     extra = _connection_tokens(headers)
@@ -99,7 +106,7 @@ def request_headers_for_upstream(
     for name, value in headers:
         if name in _NOT_FORWARDED or name in extra or name.startswith(_OWN_PREFIX):
             continue
-        if name == b"authorization" and org_authorization is not None:
+        if name in drop or (name in _CLIENT_KEYS and org_authorization is not None):
             continue
         if name == b"accept-encoding":
             if identity_encoding:

@@ -6,24 +6,34 @@ Shared by the chat pipeline and the plain pass-through routes.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.types import Scope
 
-from proxy.core.errors import AuthenticationFailed, PayloadTooLarge
+from proxy.core.errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge
 from proxy.gateway.forwarding import ForwardRequest, RawHeaderList, request_headers_for_upstream
-from proxy.gateway.tenancy import resolve_tenant
+from proxy.gateway.tenancy import proxy_key_headers, resolve_tenant
 from proxy.gateway.upstream import UpstreamClient
 from proxy.policy.model import PolicySnapshot, Tenant
 
 if TYPE_CHECKING:
     from proxy.accounting.ledger import UsageRecord
 
-__all__ = ["authenticate", "forward_request", "read_body", "request_id_for", "started_at"]
+__all__ = [
+    "authenticate",
+    "check_path",
+    "forward_request",
+    "read_body",
+    "request_id_for",
+    "started_at",
+]
 
 _MAX_REQUEST_ID = 200
+_SEPARATORS = re.compile(r"[/\\]")
 
 
 def started_at(request: Request) -> float:
@@ -62,6 +72,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def check_path(request: Request) -> None:
+    """400 for a path with a `.` or `..` segment, however it is encoded (`%2e%2e`, `..%2f`).
+
+    The raw path is forwarded as the client encoded it, and an upstream (or a proxy in
+    front of it) may decode and resolve it: `/v1/../admin` would leave the base path.
+    No OpenAI path has such a segment, so it is refused rather than normalised.
+    """
+    path = _raw_path(request.scope)
+    for _ in range(3):  # double encoding (`%252e`) is undone by a second decode
+        if any(segment in (".", "..") for segment in _SEPARATORS.split(path)):
+            raise InvalidRequest(
+                "The request path must not contain '.' or '..' segments.", code="invalid_path"
+            )
+        decoded = unquote(path)
+        if decoded == path:
+            return
+        path = decoded
+
+
 def _raw_path(scope: Scope) -> str:
     # The path as the client encoded it (`%2F` stays `%2F`), not the decoded `path`.
     raw: bytes | None = scope.get("raw_path")
@@ -81,15 +110,20 @@ def forward_request(
     response_headers: RawHeaderList,
     streaming: bool,
     started: float,
+    snapshot: PolicySnapshot,
     usage: UsageRecord | None = None,
 ) -> ForwardRequest:
-    """The upstream request for `request`: same method, path and query; `content` as body."""
+    """The upstream request for `request`: same method, path and query; `content` as body.
+
+    No header that carries a proxy key of `snapshot`'s tenants is forwarded, in any mode.
+    """
     scope = request.scope
     headers = request_headers_for_upstream(
         scope["headers"],
         request_id=request_id,
         org_authorization=upstream.org_authorization,
         identity_encoding=streaming,
+        drop=proxy_key_headers(snapshot, request.headers),
     )
     return ForwardRequest(
         method=scope["method"],

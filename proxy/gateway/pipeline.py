@@ -10,7 +10,6 @@ plugged in through `Services.chat_transform` (see `proxy.services.open_services`
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,14 +19,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.compression.transform import ChatTransform, PipelineOutcome
-from proxy.core.errors import InvalidParameter, MalformedJSON, ProxyError, error_response
+from proxy.core.errors import InvalidParameter, ProxyError, error_response
+from proxy.core.offload import off_loop
 from proxy.gateway.intake import (
     authenticate,
+    check_path,
     forward_request,
     read_body,
     request_id_for,
     started_at,
 )
+from proxy.gateway.jsonbody import load_json_object
 from proxy.gateway.streaming import UpstreamRelay
 from proxy.policy.model import Tenant
 
@@ -45,13 +47,7 @@ def parse_chat_body(raw: bytes) -> dict[str, Any]:
     `model` must be a string, `messages` a list of objects, `stream` a boolean (or null);
     every other field is left for the upstream to judge and is forwarded untouched.
     """
-    try:
-        # Decoding first skips json's encoding sniffing: request bodies are UTF-8 (RFC 8259).
-        body = json.loads(raw.decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedJSON(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise MalformedJSON("The request body must be a JSON object.")
+    body = load_json_object(raw)
     if "model" not in body:
         raise InvalidParameter(
             "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
@@ -86,12 +82,7 @@ def parse_completion_body(raw: bytes) -> dict[str, Any]:
 
     Only a plain string `prompt` is ever compressed; everything else is the upstream's to judge.
     """
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise MalformedJSON(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise MalformedJSON("The request body must be a JSON object.")
+    body = load_json_object(raw)
     if not isinstance(body.get("model"), str):
         raise InvalidParameter("'model' must be a string.", param="model", code="invalid_type")
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
@@ -132,10 +123,12 @@ async def chat_completions(
     """
     started = started_at(request)
     request_id = request_id_for(request)
+    snapshot = services.policies.current
     try:
-        tenant = authenticate(request, services.policies.current)
+        check_path(request)
+        tenant = authenticate(request, snapshot)
         raw = await read_body(request, services.settings.max_body_bytes)
-        body = parse(raw)
+        body = await off_loop(len(raw), lambda: parse(raw))
         outcome = await _compression_step(
             services.chat_transform, raw, body, tenant, request.headers, request_id
         )
@@ -151,6 +144,7 @@ async def chat_completions(
         response_headers=own_headers,
         streaming=body.get("stream") is True,
         started=started,
+        snapshot=snapshot,
         usage=outcome.usage,
     )
     return UpstreamRelay(services.upstream, forward, ledger=services.ledger)

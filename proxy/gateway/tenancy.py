@@ -22,8 +22,12 @@ __all__ = [
     "bearer_token",
     "hash_api_key",
     "hash_api_key_hex",
+    "proxy_key_headers",
     "resolve_tenant",
 ]
+
+# Every header a client may put a proxy key in (see `api_key_from_headers`).
+_KEY_HEADERS = ("x-linguagate-key", "authorization", "api-key")
 
 
 def hash_api_key_hex(api_key: str) -> str:
@@ -63,3 +67,21 @@ def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
 def resolve_tenant(snapshot: PolicySnapshot, headers: Mapping[str, str]) -> Tenant | None:
     """The tenant for a request's headers (anonymous fallback); ``None`` means 401."""
     return snapshot.authenticate(api_key_from_headers(headers))
+
+
+def proxy_key_headers(snapshot: PolicySnapshot, headers: Mapping[str, str]) -> frozenset[bytes]:
+    """Names of the headers that carry a proxy key of any tenant: never to go upstream.
+
+    In bring-your-own-key mode ``Authorization`` (or ``api-key``) normally holds the team's
+    upstream key and is forwarded; when it holds a proxy key instead, it must not be.
+    """
+    found: set[bytes] = set()
+    for name in _KEY_HEADERS:
+        value = _header(headers, name)
+        if not value:
+            continue
+        key = bearer_token(value) if name == "authorization" else value.strip()
+        tenant = snapshot.authenticate(key) if key else None
+        if tenant is not None and not tenant.anonymous:
+            found.add(name.encode())
+    return frozenset(found)
