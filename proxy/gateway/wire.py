@@ -6,7 +6,7 @@ request in one `write()` from the raw header pairs it is given and parses the an
 the same C parser uvicorn uses. What it does (and nothing more):
 
 * keep-alive pool per (scheme, host, port), bounded (`max_connections`, waiting at most
-  `pool_timeout_s`), idle connections expire after `keepalive_expiry_s`;
+  `pool_timeout_s`), idle connections closed in the background after `keepalive_expiry_s`;
 * TLS through `ssl.create_default_context()`;
 * bodies as they arrive (chunked encoding is decoded; bytes are never re-encoded or
   decompressed), with read back-pressure above 256 KiB buffered;
@@ -175,13 +175,19 @@ class _Connection(asyncio.Protocol):
 
 
 class _Pool:
-    """Idle connections per origin, and a bound on all connections."""
+    """Idle connections per origin, and a bound on all connections.
+
+    Idle connections are closed once `keepalive_expiry_s` old by a timer, not only when
+    the next request looks at them: after a burst, hundreds of sockets would otherwise
+    stay open (here and on the upstream) until traffic came back.
+    """
 
     def __init__(self, max_connections: int, keepalive_expiry_s: float) -> None:
         self._idle: dict[_Key, list[_Connection]] = {}
         self._slots = asyncio.Semaphore(max_connections)
         self._keepalive_expiry_s = keepalive_expiry_s
         self._all: set[_Connection] = set()
+        self._reaper: asyncio.TimerHandle | None = None
 
     def idle(self, key: _Key, now: float) -> _Connection | None:
         stack = self._idle.get(key)
@@ -195,6 +201,31 @@ class _Pool:
     def put_back(self, key: _Key, conn: _Connection, now: float) -> None:
         conn.idle_since = now
         self._idle.setdefault(key, []).append(conn)
+        if self._reaper is None:
+            self._arm(now + self._keepalive_expiry_s)
+
+    def _arm(self, when: float) -> None:
+        self._reaper = asyncio.get_running_loop().call_at(when, self._reap)
+
+    def _reap(self) -> None:
+        """Close the expired idle connections; come back when the next one expires."""
+        self._reaper = None
+        now = asyncio.get_running_loop().time()
+        oldest: float | None = None
+        for key, stack in list(self._idle.items()):
+            kept = []
+            for conn in stack:
+                if conn.closed or now - conn.idle_since >= self._keepalive_expiry_s:
+                    self.discard(conn)
+                else:
+                    kept.append(conn)
+                    oldest = conn.idle_since if oldest is None else min(oldest, conn.idle_since)
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+        if oldest is not None:
+            self._arm(oldest + self._keepalive_expiry_s)
 
     def discard(self, conn: _Connection) -> None:
         conn.close()
@@ -216,6 +247,9 @@ class _Pool:
         conn.on_lost = self.discard
 
     def close_all(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         for conn in list(self._all):
             self.discard(conn)
         self._idle.clear()

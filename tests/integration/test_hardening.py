@@ -14,6 +14,7 @@ One test (or a small group) per defect, each against the real proxy on loopback:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import socket
@@ -27,6 +28,7 @@ import httpx
 import pytest
 
 from proxy.gateway.jsonbody import MAX_JSON_DEPTH
+from proxy.gateway.wire import WireUpstream
 from tests.support.proxy import ALPHA_KEY, ORG_KEY
 from tests.support.redis import RedisServer
 from tests.support.servers import ProxyServer
@@ -244,3 +246,46 @@ def test_healthz_answers_while_a_large_body_is_counted(
     worker.join()
     assert result == [200]
     assert worst < 0.5  # generous for a loaded 2-core CI box; the bench measures p99
+
+
+# 7 -------------------------------------------------------------------------------------
+class _CountingServer(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 server that answers `ok` and counts its open connections."""
+
+    open = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        type(self).open += 1
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        type(self).open -= 1
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            assert isinstance(self.transport, asyncio.Transport)
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+async def test_idle_upstream_connections_expire_in_the_background() -> None:
+    server = await asyncio.get_running_loop().create_server(_CountingServer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    wire = WireUpstream(keepalive_expiry_s=0.3)
+
+    async def one() -> None:
+        response = await wire.send("GET", f"http://127.0.0.1:{port}/v1/models", [], b"")
+        async for _ in response.body:
+            await asyncio.sleep(0.05)  # held long enough that the requests overlap
+        await response.close()
+
+    try:
+        await asyncio.gather(*(one() for _ in range(64)))
+        assert _CountingServer.open == 64  # kept alive, idle, in the pool
+        await asyncio.sleep(0.8)  # no request comes: only a background expiry closes them
+        assert _CountingServer.open == 0
+        await one()  # the pool still works afterwards
+        assert _CountingServer.open == 1
+    finally:
+        await wire.aclose()
+        server.close()
+        await server.wait_closed()
