@@ -111,6 +111,7 @@ async def _readyz(request: Request) -> Response:
         report[name] = {
             "status": status.status,
             **({"detail": status.detail} if status.detail else {}),
+            **(dict(status.info) if status.info else {}),
         }
         ready = ready and (status.ok or not status.required)
     for name in ("redis", "model"):

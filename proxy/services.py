@@ -227,19 +227,25 @@ def _capture_probe(capture: CaptureWriter, policies: PolicyStore) -> Probe:
 
 @asynccontextmanager
 async def _redis_probe(url: str) -> AsyncIterator[Probe]:
-    """PING with short timeouts: a Redis that accepts connections but never answers must
-    not hang `/readyz` (a lesson from other gateways' trackers)."""
-    from redis.asyncio import Redis
+    """The topology Redis has now (a server, a Sentinel primary, a cluster's primaries),
+    with short timeouts: a Redis that accepts connections but never answers must not hang
+    `/readyz` (a lesson from other gateways' trackers). Its own client, so that a probe
+    never waits behind requests for a pooled connection."""
     from redis.exceptions import RedisError
 
-    client = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    from proxy.store.clients import describe_topology
+    from proxy.store.topology import parse_redis_url
+
+    client = connect_redis(url, RedisSettings(socket_timeout_s=0.5, connect_timeout_s=0.5,
+                                              max_connections=4, pool_timeout_s=0.5))
+    mode = parse_redis_url(url).mode
 
     async def probe() -> ComponentStatus:
         try:
-            await client.ping()
-        except (RedisError, OSError) as exc:
-            return ComponentStatus("down", detail=type(exc).__name__)
-        return ComponentStatus("ok")
+            info = await asyncio.wait_for(describe_topology(client), 2.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            return ComponentStatus("down", detail=type(exc).__name__, info={"mode": mode})
+        return ComponentStatus("ok", info=info)
 
     try:
         yield probe

@@ -38,6 +38,8 @@ class ComponentStatus:
     status: str
     required: bool = False
     detail: str | None = None
+    # Structured facts shown beside the status (Redis: the topology it sees).
+    info: Mapping[str, object] | None = None
 
     @property
     def ok(self) -> bool:
