@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from proxy.accounting.cost import CacheEstimate, PromptBill
 from proxy.accounting.ledger_keys import TENANTS_KEY, BatchWriter, model_prefix, models_key
 from proxy.store.clients import SharedRedis
 from proxy.store.redis import (
@@ -76,6 +77,16 @@ COUNTERS = (
     "upstream_usage_requests",
     "upstream_prompt_tokens",
     "upstream_completion_tokens",
+    # Net of the provider's prompt cache (proxy.accounting.cost): prompt tokens as billed,
+    # as the original would have been billed sent directly, and (shadow) as the compressed
+    # prompt would have been; each with the part served from the provider's cache.
+    "upstream_cached_tokens",
+    "billed_prompt_tokens",
+    "billed_cached_tokens",
+    "direct_prompt_tokens",
+    "direct_cached_tokens",
+    "would_prompt_tokens",
+    "would_cached_tokens",
 )
 _SKIP = "skip:"
 # Histogram upper bounds ("le", inclusive); a value above the last one lands in "inf".
@@ -116,6 +127,9 @@ class UsageRecord:
     skip_reason: str | None = None
     upstream_prompt_tokens: int | None = None  # the upstream's own ``usage``, when it sent one
     upstream_completion_tokens: int | None = None
+    # ``usage.prompt_tokens_details.cached_tokens``: input the provider billed at its cached price.
+    upstream_cached_tokens: int | None = None
+    cache_estimate: CacheEstimate | None = None  # the proxy's own provider-cache estimates
     at: datetime | None = None  # default: now (UTC)
 
     def increments(self) -> dict[str, float]:
@@ -138,9 +152,40 @@ class UsageRecord:
             inc["upstream_usage_requests"] = 1
             inc["upstream_prompt_tokens"] = self.upstream_prompt_tokens or 0
             inc["upstream_completion_tokens"] = self.upstream_completion_tokens or 0
+        if self.upstream_cached_tokens is not None:
+            inc["upstream_cached_tokens"] = self.upstream_cached_tokens
+        inc.update(self._bill_increments())
         if self.skip_reason:
             inc[_SKIP + self.skip_reason] = 1
         return {k: v for k, v in inc.items() if v}
+
+    def _bill_increments(self) -> dict[str, float]:
+        """Billed / direct / would-be prompt tokens (see ``proxy.accounting.cost``).
+
+        Billed is the upstream's own count when it sent one, else the proxy's estimate.
+        Direct: when the compressed prompt went upstream, the same prompt plus the tokens
+        compression removed, with the cached part the original would have had; otherwise
+        the original went, so direct is what was billed.
+        """
+        est = self.cache_estimate
+        if est is None:
+            return {}
+        prompt = (self.upstream_prompt_tokens if self.upstream_prompt_tokens is not None
+                  else est.sent_prompt if self.outcome == "applied" else est.direct_prompt)
+        cached = (self.upstream_cached_tokens if self.upstream_cached_tokens is not None
+                  else est.sent_cached if self.outcome == "applied" else est.direct_cached)
+        inc: dict[str, float] = {"billed_prompt_tokens": prompt, "billed_cached_tokens": cached}
+        removed = self.original_tokens - self.forwarded_tokens
+        if self.outcome == "applied":
+            inc["direct_prompt_tokens"] = prompt + removed
+            inc["direct_cached_tokens"] = min(est.direct_cached, prompt + removed)
+        else:
+            inc["direct_prompt_tokens"], inc["direct_cached_tokens"] = prompt, cached
+        if self.would_forward_tokens is not None:
+            would = max(0, prompt - (self.original_tokens - self.would_forward_tokens))
+            inc["would_prompt_tokens"] = would
+            inc["would_cached_tokens"] = min(est.sent_cached, would)
+        return inc
 
     def histogram_increments(self) -> dict[str, int]:
         """One count in the achieved-rate histogram (applied compressions only) and one in
@@ -181,12 +226,31 @@ class LedgerRow:
     upstream_usage_requests: int = 0
     upstream_prompt_tokens: int = 0
     upstream_completion_tokens: int = 0
+    upstream_cached_tokens: int = 0
+    billed_prompt_tokens: int = 0
+    billed_cached_tokens: int = 0
+    direct_prompt_tokens: int = 0
+    direct_cached_tokens: int = 0
+    would_prompt_tokens: int = 0
+    would_cached_tokens: int = 0
     compression_ms: float = 0.0
     skips: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def saved_fraction(self) -> float:
         return self.saved_tokens / self.original_tokens if self.original_tokens else 0.0
+
+    @property
+    def billed(self) -> PromptBill:
+        return PromptBill(self.billed_prompt_tokens, self.billed_cached_tokens)
+
+    @property
+    def direct(self) -> PromptBill:
+        return PromptBill(self.direct_prompt_tokens, self.direct_cached_tokens)
+
+    @property
+    def would(self) -> PromptBill:
+        return PromptBill(self.would_prompt_tokens, self.would_cached_tokens)
 
     @classmethod
     def from_counters(cls, tenant: str, model: str, counters: Mapping[str, float]) -> LedgerRow:

@@ -20,11 +20,13 @@ _USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
 
 
 class UsageObserver:
-    """Collects `prompt_tokens` / `completion_tokens` from one upstream answer."""
+    """Collects `prompt_tokens` / `completion_tokens` and the provider's cached prompt tokens
+    (`prompt_tokens_details.cached_tokens`) from one upstream answer."""
 
     def __init__(self) -> None:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
+        self.cached_tokens: int | None = None
         self._body: list[bytes] = []
         self._size = 0
 
@@ -56,6 +58,10 @@ class UsageObserver:
             self.prompt_tokens = prompt
         if isinstance(completion, int):
             self.completion_tokens = completion
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0:
+            self.cached_tokens = cached
 
 
 def _usage_object(body: bytes) -> Any:

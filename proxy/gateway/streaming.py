@@ -197,6 +197,7 @@ class UpstreamRelay:
             usage,
             upstream_prompt_tokens=observer.prompt_tokens,
             upstream_completion_tokens=observer.completion_tokens,
+            upstream_cached_tokens=observer.cached_tokens,
         )
         try:
             await ledger.record(record)

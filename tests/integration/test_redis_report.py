@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from proxy.accounting.cost import CacheEstimate
 from proxy.accounting.ledger import RedisLedger, UsageRecord
 from proxy.accounting.report import add_subcommand
 from tests.support.redis import free_port
@@ -24,8 +25,12 @@ def run(argv: list[str]) -> int:
 async def _fill(url: str) -> None:
     ledger = RedisLedger.from_url(url)
     old = datetime.now(UTC) - timedelta(days=3)
+    # Estimated prompts: 1,000 tokens direct, 400 forwarded, none of either cached.
+    estimate = CacheEstimate(direct_prompt=1000, direct_cached=0, sent_prompt=400, sent_cached=0)
     for _ in range(3):
-        await ledger.record(UsageRecord("research", "gpt-4o", "applied", 1000, 400))
+        await ledger.record(UsageRecord("research", "gpt-4o", "applied", 1000, 400,
+                                        upstream_prompt_tokens=400, upstream_cached_tokens=0,
+                                        cache_estimate=estimate))
     await ledger.record(UsageRecord("research", "gpt-4o", "applied", 1000, 400, at=old))
     await ledger.record(
         UsageRecord("sales", "gpt-4o-mini", "skipped", 100, 100, skip_reason="below_min_tokens")
@@ -39,17 +44,14 @@ async def test_report_prints_the_ledger(redis_url: str, capsys: pytest.CaptureFi
     assert await asyncio.to_thread(run, ["report", "--redis-url", redis_url]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:6] == ["tenant", "model", "requests", "original", "forwarded", "saved"]
+    # Net money: 3 requests billed 400 uncached tokens each, against 1,000 sent directly
+    # (the fourth was recorded without estimates: it counts tokens, not money).
     assert lines[2].split() == [
-        "research",
-        "gpt-4o",
-        "4",
-        "4,000",
-        "1,600",
-        "2,400",
-        "60.0%",
-        "$0.01",
+        "research", "gpt-4o", "4", "4,000", "1,600", "2,400", "60.0%", "0.0%",
+        "$0.00", "$0.01", "$0.00",
     ]
-    assert lines[3].split() == ["sales", "gpt-4o-mini", "1", "100", "100", "0", "0.0%", "$0.00"]
+    assert lines[3].split() == ["sales", "gpt-4o-mini", "1", "100", "100", "0", "0.0%", "-",
+                                "-", "-", "-"]
     assert lines[4].split()[:2] == ["TOTAL", "5"]
 
     assert (

@@ -162,7 +162,7 @@ def test_price_table_longest_glob_wins_and_file_overrides(tmp_path: Path) -> Non
         load_prices(js)
 
 
-def test_format_table_aligns_and_totals() -> None:
+def test_format_table_aligns_and_totals_net_of_provider_caching() -> None:
     rows = [
         LedgerRow(
             "research",
@@ -171,6 +171,12 @@ def test_format_table_aligns_and_totals() -> None:
             original_tokens=1_000_000,
             forwarded_tokens=400_000,
             saved_tokens=600_000,
+            # billed: 400k prompt tokens, 100k of them cached (gpt-4o: cached at 50%)
+            billed_prompt_tokens=400_000,
+            billed_cached_tokens=100_000,
+            # direct: 1M prompt tokens, 600k of them cached
+            direct_prompt_tokens=1_000_000,
+            direct_cached_tokens=600_000,
         ),
         LedgerRow(
             "sales",
@@ -185,31 +191,42 @@ def test_format_table_aligns_and_totals() -> None:
     text = format_table(rows, load_prices(None))
     lines = text.splitlines()
     assert lines[0].split() == [
-        "tenant",
-        "model",
-        "requests",
-        "original",
-        "forwarded",
-        "saved",
-        "saved",
-        "%",
-        "est.",
-        "$",
-        "saved",
+        "tenant", "model", "requests", "original", "forwarded", "saved", "saved", "%",
+        "cached", "%", "billed", "$", "direct", "$", "net", "$", "saved",
     ]
     assert set(lines[1]) <= {"-", " "}
+    # billed = (300k + 0.5 * 100k) * 2.5 / 1M = 0.875; direct = (400k + 0.5 * 600k) * 2.5 / 1M
     assert lines[2].split() == [
-        "research",
-        "gpt-4o",
-        "10",
-        "1,000,000",
-        "400,000",
-        "600,000",
-        "60.0%",
-        "$1.50",
+        "research", "gpt-4o", "10", "1,000,000", "400,000", "600,000", "60.0%", "25.0%",
+        "$0.88", "$1.75", "$0.88",
     ]
-    assert lines[3].split() == ["sales", "local-model", "2", "100", "100", "0", "0.0%", "-"]
-    assert lines[4].split() == ["TOTAL", "12", "1,000,100", "400,100", "600,000", "60.0%", "$1.50"]
+    assert lines[3].split() == ["sales", "local-model", "2", "100", "100", "0", "0.0%", "-",
+                                "-", "-", "-"]
+    assert lines[4].split() == ["TOTAL", "12", "1,000,100", "400,100", "600,000", "60.0%",
+                                "25.0%", "$0.88", "$1.75", "$0.88"]
     assert len({len(line) for line in lines[:2]}) == 1  # header and rule align
-    assert lines[2].index("$1.50") + 5 == len(lines[0])  # money column right-aligned
-    assert lines[5] == "shadow: sales/local-model would have saved 70 tokens in 2 requests (-)"
+    assert lines[2].endswith("$0.88") and len(lines[2]) == len(lines[0])  # right-aligned
+    assert lines[5] == ("shadow: sales/local-model would have saved 70 tokens in 2 requests "
+                        "(- net of provider caching)")
+
+
+def test_net_money_counts_cached_tokens_at_the_cached_price(tmp_path: Path) -> None:
+    table = load_prices(None)
+    assert table.cached_fraction("gpt-5") == 0.1
+    assert table.cached_fraction("gpt-4.1-mini") == 0.25
+    assert table.cached_fraction("gpt-4o-mini") == 0.5
+    assert table.cached_fraction("gpt-4-0613") == 1.0  # no prompt caching
+    row = LedgerRow("t", "gpt-5", billed_prompt_tokens=1_000_000, billed_cached_tokens=1_000_000,
+                    direct_prompt_tokens=2_000_000, direct_cached_tokens=0)
+    money = table.net(row)
+    assert money is not None
+    # compression halved the prompt but lost the whole cache discount: net loss
+    assert money.billed == pytest.approx(0.125) and money.direct == pytest.approx(2.5)
+    lost = LedgerRow("t", "gpt-5", billed_prompt_tokens=1_000_000, billed_cached_tokens=0,
+                     direct_prompt_tokens=2_000_000, direct_cached_tokens=2_000_000)
+    assert table.net(lost) is not None and table.net(lost).saved < 0  # type: ignore[union-attr]
+    custom = tmp_path / "prices.toml"
+    custom.write_text('[prices]\n"gpt-5*" = 2.0\n"mine*" = { input = 4.0, cached_input = 1.0 }\n')
+    table = load_prices(custom)
+    assert table.cached_fraction("gpt-5") == 0.1  # keeps its family's share
+    assert table.cached_fraction("mine-1") == 0.25
