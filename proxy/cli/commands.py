@@ -210,11 +210,15 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from proxy.gateway.http_limits import HttpLimits, limited_protocol
+
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools with header size/count limits, slow-client deadlines, a concurrency
+        # limit and OpenAI-shaped errors (uvicorn leaves all of these open).
+        "http": limited_protocol(HttpLimits.from_settings(settings)),
         "lifespan": "on",
         "log_level": settings.log_level,
         "log_config": _log_config(settings.log_level),

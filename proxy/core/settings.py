@@ -18,6 +18,11 @@ to each worker process (every worker builds its own app from its environment).
 | connect_timeout_s  | --connect-timeout  | LINGUAGATE_CONNECT_TIMEOUT    | 10               |
 | read_timeout_s     | --read-timeout     | LINGUAGATE_READ_TIMEOUT       | 600              |
 | max_connections    | --max-connections  | LINGUAGATE_MAX_CONNECTIONS    | 512              |
+| max_header_bytes   | (none)             | LINGUAGATE_MAX_HEADER_BYTES   | 65536 (64 KiB)   |
+| max_headers        | (none)             | LINGUAGATE_MAX_HEADERS        | 100              |
+| header_timeout_s   | (none)             | LINGUAGATE_HEADER_TIMEOUT     | 10               |
+| body_timeout_s     | (none)             | LINGUAGATE_BODY_TIMEOUT       | 30               |
+| max_concurrency    | (none)             | LINGUAGATE_MAX_CONCURRENCY    | 1024 per worker  |
 | upstream_transport | --upstream-transport | LINGUAGATE_UPSTREAM_TRANSPORT | wire (or aiohttp) |
 | compressor_model   | --compressor-model | LINGUAGATE_COMPRESSOR_MODEL   | packaged SmolLM2 |
 | compressor_url     | --compressor-url   | LINGUAGATE_COMPRESSOR_URL     | unset: in-process |
@@ -71,6 +76,14 @@ class Settings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
     max_connections: int = 512
+    # Limits on clients (proxy.gateway.http_limits): request line + headers, header count,
+    # seconds to send the headers (from the first byte) and between body bytes, requests
+    # in flight per worker.
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_concurrency: int = 1024
     upstream_transport: str = "wire"
     compressor_model: str | None = None
     # `linguagate compressor-worker`s to send compressions to (comma-separated, used in turn)
@@ -129,6 +142,7 @@ class Settings:
             raise SettingsError(f"cache TTL must be >= 1 s: {self.cache_ttl_s}")
         if self.max_connections < 1:
             raise SettingsError(f"max connections must be >= 1: {self.max_connections}")
+        _check_client_limits(self)
         _check_dashboard(self)
         if isinstance(self.prices_path, str):  # from the environment: `Path | None` is a str
             object.__setattr__(self, "prices_path", Path(self.prices_path))
@@ -158,6 +172,13 @@ class Settings:
         return replace(self, **changes)
 
 
+def _check_client_limits(s: Settings) -> None:
+    if min(s.max_header_bytes, s.max_headers, s.max_concurrency) < 1:
+        raise SettingsError("max header bytes, max headers and max concurrency must be >= 1")
+    if s.header_timeout_s <= 0 or s.body_timeout_s <= 0:
+        raise SettingsError("header and body timeouts must be > 0")
+
+
 def _check_dashboard(settings: Settings) -> None:
     secret = settings.dashboard_secret
     if secret is not None and len(secret.encode()) < 16:
@@ -183,6 +204,8 @@ def _env_name(field_name: str) -> str:
         "policies_dir": "POLICIES",
         "connect_timeout_s": "CONNECT_TIMEOUT",
         "read_timeout_s": "READ_TIMEOUT",
+        "header_timeout_s": "HEADER_TIMEOUT",
+        "body_timeout_s": "BODY_TIMEOUT",
         "cache_ttl_s": "CACHE_TTL",
         "dashboard_session_ttl_s": "DASHBOARD_SESSION_TTL",
         "prices_path": "PRICES",

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import Scope
 
 from proxy.core.errors import AuthenticationFailed, InvalidRequest, PayloadTooLarge
@@ -64,11 +64,17 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(_too_large(limit))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(_too_large(limit))
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(_too_large(limit))
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or cut off by the body timeout: nobody reads the answer
+        raise InvalidRequest(
+            "The client closed the connection before the body was complete.",
+            code="client_disconnected",
+        ) from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

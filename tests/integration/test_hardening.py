@@ -289,3 +289,127 @@ async def test_idle_upstream_connections_expire_in_the_background() -> None:
         await wire.aclose()
         server.close()
         await server.wait_closed()
+
+
+# 8 -------------------------------------------------------------------------------------
+def _raw_exchange(server: ProxyServer, request: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send raw bytes; everything the proxy answers until it closes the connection."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        if request:
+            try:
+                sock.sendall(request)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the proxy answered and closed before reading everything
+        try:
+            return _read_all(sock)
+        except ConnectionResetError:
+            return b""
+
+
+def _parse_answer(answer: bytes) -> tuple[int, dict[str, str], dict[str, object]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    status = int(lines[0].split()[1])
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return status, headers, error
+
+
+CHAT_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+             b"authorization: Bearer " + ALPHA_KEY.encode() + b"\r\n")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"x-big: " + b"a" * (8 * 1024 * 1024) + b"\r\n",  # one 8 MB header
+        b"".join(b"x-h%d: v\r\n" % i for i in range(100_000)),  # 100,000 headers
+        b"".join(b"x-h%d: v\r\n" % i for i in range(101)),  # just over the count limit
+    ],
+    ids=["8MB-header", "100k-headers", "101-headers"],
+)
+def test_oversized_headers_are_a_431_never_forwarded(
+    proxy: ProxyServer, upstream: FakeUpstream, extra: bytes
+) -> None:
+    body = json.dumps(CHAT).encode()
+    request = CHAT_HEAD + extra + b"content-length: %d\r\n\r\n" % len(body) + body
+    status, headers, error = _parse_answer(_raw_exchange(proxy, request))
+    assert (status, error["code"]) == (431, "headers_too_large")
+    assert headers["connection"] == "close"
+    assert upstream.requests == []
+
+
+def test_headers_within_limits_are_forwarded(proxy: ProxyServer, upstream: FakeUpstream) -> None:
+    extra = {f"x-h{i}": "v" * 100 for i in range(90)}
+    response = httpx.post(proxy.base_url + "/chat/completions", json=CHAT,
+                          headers={"authorization": f"Bearer {ALPHA_KEY}", **extra})
+    assert response.status_code == 200
+    assert upstream.last().header("x-h89") == "v" * 100
+
+
+def test_malformed_http_gets_an_openai_error(proxy: ProxyServer) -> None:
+    status, headers, error = _parse_answer(_raw_exchange(proxy, b"GARBAGE\x00 / HTTP/9\r\n\r\n"))
+    assert (status, error["code"]) == (400, "invalid_http")
+    assert headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [b"", b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n", CHAT_HEAD + b"content-length: 100"
+     b"\r\n\r\n" + b'{"model":'],
+    ids=["silent", "headers-unfinished", "body-unfinished"],
+)
+def test_slow_clients_are_cut_off_at_the_timeout(
+    start_proxy: StartProxy, upstream: FakeUpstream, partial: bytes
+) -> None:
+    with start_proxy(header_timeout_s=0.5, body_timeout_s=0.5) as server:
+        started = time.perf_counter()
+        answer = _raw_exchange(server, partial)
+        elapsed = time.perf_counter() - started
+    assert 0.4 < elapsed < 3.0
+    status, _, error = _parse_answer(answer)
+    assert (status, error["code"]) == (408, "request_timeout")
+    assert upstream.requests == []
+
+
+def test_a_slow_but_steady_body_is_not_cut_off(
+    start_proxy: StartProxy, upstream: FakeUpstream
+) -> None:
+    body = json.dumps(CHAT).encode()
+    with start_proxy(header_timeout_s=0.5, body_timeout_s=0.5) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(CHAT_HEAD + b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body))
+            for i in range(0, len(body), 20):  # 1.2 s in all, never 0.5 s silent
+                sock.sendall(body[i : i + 20])
+                time.sleep(0.3)
+            answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert upstream.last().body == body
+
+
+def test_requests_beyond_the_concurrency_limit_get_a_503(
+    start_proxy: StartProxy, upstream: FakeUpstream
+) -> None:
+    from tests.support.upstream import Reply
+
+    slow = Reply(chunks=(json.dumps({"ok": True}).encode(),), start_delay_s=1.0)
+    upstream.enqueue("/v1/chat/completions", slow, slow)
+    auth = {"authorization": f"Bearer {ALPHA_KEY}"}
+    with start_proxy(max_concurrency=2) as server:
+        url = server.base_url + "/chat/completions"
+        results: list[int] = []
+        threads = [threading.Thread(target=lambda: results.append(
+            httpx.post(url, json=CHAT, headers=auth, timeout=10).status_code)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        busy = httpx.post(url, json=CHAT, headers=auth)
+        for thread in threads:
+            thread.join()
+    assert sorted(results) == [200, 200]
+    assert busy.status_code == 503
+    assert busy.headers["retry-after"] == "1"
+    assert _error(busy)["code"] == "server_busy"

@@ -21,6 +21,7 @@ import uvicorn
 
 from proxy.app import ServicesFactory, create_app
 from proxy.core.settings import Settings
+from proxy.gateway.http_limits import HttpLimits, limited_protocol
 from proxy.gateway.state import Services
 
 __all__ = ["ProxyServer", "ServerThread", "run_proxy", "write_tenant"]
@@ -32,14 +33,20 @@ class ServerThread:
     """uvicorn serving `app` on 127.0.0.1:<free port> in a daemon thread."""
 
     def __init__(
-        self, app: Any, *, loop: str = "asyncio", name: str = "server", server_header: bool = True
+        self,
+        app: Any,
+        *,
+        loop: str = "asyncio",
+        name: str = "server",
+        server_header: bool = True,
+        http: Any = "httptools",
     ) -> None:
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
             port=0,
             loop=loop,
-            http="httptools",
+            http=http,
             ws="none",
             lifespan="on",
             log_level="critical",
@@ -94,9 +101,11 @@ def run_proxy(
     services: Services | ServicesFactory | None = None,
     reload_interval_s: float = 0.1,
 ) -> Iterator[ProxyServer]:
-    """The real proxy app under uvicorn (uvloop + httptools, as `linguagate serve` runs it)."""
+    """The real proxy app under uvicorn (uvloop + httptools with the proxy's client limits, as
+    `linguagate serve` runs it)."""
     app = create_app(settings, services=services, reload_interval_s=reload_interval_s)
-    with ServerThread(app, loop="uvloop", name="proxy", server_header=False) as server:
+    http = limited_protocol(HttpLimits.from_settings(settings))
+    with ServerThread(app, loop="uvloop", name="proxy", server_header=False, http=http) as server:
         yield ProxyServer(server.url, settings)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from proxy.app import ProxyApp
 from proxy.cli import commands as cli
+from proxy.gateway.http_limits import HttpLimits, LimitedHttpToolsProtocol
 
 
 @pytest.fixture
@@ -49,7 +51,9 @@ def test_serve_one_worker(
     app, kwargs = uvicorn_calls[0]
     assert isinstance(app, ProxyApp)
     assert kwargs["port"] == 9002  # flag beats environment
-    assert (kwargs["loop"], kwargs["http"], kwargs["access_log"]) == ("uvloop", "httptools", False)
+    assert (kwargs["loop"], kwargs["access_log"]) == ("uvloop", False)
+    http = kwargs["http"]  # httptools with the proxy's client limits (issue 13)
+    assert http.func is LimitedHttpToolsProtocol and http.keywords["limits"] == HttpLimits()
 
 
 def test_serve_workers_use_factory_and_env(
@@ -62,6 +66,7 @@ def test_serve_workers_use_factory_and_env(
     app, kwargs = uvicorn_calls[0]
     assert app == "proxy.app:create_app_from_env"
     assert kwargs["factory"] is True and kwargs["workers"] == 3
+    pickle.dumps(kwargs["http"])  # each worker process gets it through pickle
     assert os.environ["LINGUAGATE_UPSTREAM_URL"] == "http://u/v1"
     assert Path(os.environ["LINGUAGATE_POLICIES"]) == Path("pol")
 
