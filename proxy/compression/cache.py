@@ -66,7 +66,8 @@ class CompressionCache(Protocol):
     async def get(self, key: str) -> str | None: ...
     async def set(self, key: str, value: str) -> None: ...
     async def get_many(self, keys: Sequence[str]) -> list[str | None]: ...
-    async def set_many(self, items: Mapping[str, str]) -> None: ...
+    # ``ttl_s`` overrides the cache's own TTL for these entries (None: the cache's).
+    async def set_many(self, items: Mapping[str, str], ttl_s: float | None = None) -> None: ...
     def status(self) -> BackendStatus: ...
     async def close(self) -> None: ...
 
@@ -103,13 +104,14 @@ class MemoryCache:
         self._entries.move_to_end(key)
         return value
 
-    async def set(self, key: str, value: str) -> None:
+    async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         size = len(key.encode()) + len(value.encode("utf-8", "surrogatepass"))
         if key in self._entries:
             self._drop(key)
         if size > self.max_bytes or self.max_entries <= 0:
             return
-        expires_at = self._clock() + self.ttl_s if self.ttl_s is not None else float("inf")
+        ttl = ttl_s if ttl_s is not None else self.ttl_s
+        expires_at = self._clock() + ttl if ttl is not None else float("inf")
         self._entries[key] = (value, expires_at, size)
         self.bytes += size
         while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
@@ -118,9 +120,9 @@ class MemoryCache:
     async def get_many(self, keys: Sequence[str]) -> list[str | None]:
         return [await self.get(key) for key in keys]
 
-    async def set_many(self, items: Mapping[str, str]) -> None:
+    async def set_many(self, items: Mapping[str, str], ttl_s: float | None = None) -> None:
         for key, value in items.items():
-            await self.set(key, value)
+            await self.set(key, value, ttl_s)
 
     def _drop(self, key: str) -> None:
         _value, _expires, size = self._entries.pop(key)
@@ -183,14 +185,15 @@ class RedisCache:
             return [None] * len(keys)
         return [_decode(value) for value in raw]
 
-    async def set_many(self, items: Mapping[str, str]) -> None:
+    async def set_many(self, items: Mapping[str, str], ttl_s: float | None = None) -> None:
         if not items:
             return
+        ex = max(1, int(ttl_s)) if ttl_s is not None else self.ttl_s
 
         async def _write() -> None:
             async with self._redis.client.pipeline(transaction=False) as pipe:
                 for key, value in items.items():
-                    pipe.set(key, value.encode("utf-8", "surrogatepass"), ex=self.ttl_s)
+                    pipe.set(key, value.encode("utf-8", "surrogatepass"), ex=ex)
                 await pipe.execute()
 
         await self._redis.call(_write)

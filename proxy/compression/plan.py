@@ -12,9 +12,15 @@ each can be cached on its own:
   few-shot block hits the cache whatever the final question is. Its rate is rounded
   to a 0.02 grid for the same reason (costs at most 1% of the prompt in accuracy).
 
-Everything that is not compressed (kept-whole instruction/question, protected tool
-results) still counts in the request's total, so the context rate is what is left of
-the tenant's overall budget after them (the paper's τ_dems formula).
+The tenant's ``rate`` applies to the demonstrations being compressed, not to the whole
+prompt: parts kept whole (an instruction at ``instruction_rate = 1``, the question,
+protected tool results, messages already forwarded in an earlier turn) are neither
+compressed nor paid for out of the demonstrations' budget, so a long system prompt never
+erases a conversation. The question, when it joins the unit, takes ``question_rate``.
+
+``min_forward_tokens`` raises the context rate so that the request still forwards at least
+that many tokens: the compression step uses it to keep a prompt the provider would cache
+(1,024 tokens or more) from being compressed below the provider's caching threshold.
 """
 
 from __future__ import annotations
@@ -98,8 +104,15 @@ def plan_units(
     original_tokens: int,
     tenant: str,
     model_id: str,
+    min_forward_tokens: int = 0,
+    other_forward_tokens: int = 0,
 ) -> Plan:
-    """The units for ``components`` under ``policy`` at overall ``rate`` (may be empty)."""
+    """The units for ``components`` under ``policy`` at ``rate`` (may be empty).
+
+    ``original_tokens`` counts ``components``' texts; ``other_forward_tokens`` is what the
+    rest of the request forwards (messages frozen in an earlier turn, framing), for
+    ``min_forward_tokens``.
+    """
     model = components.model
     protect = _protect(policy, components)
     knobs_base = {
@@ -118,15 +131,15 @@ def plan_units(
         )
 
     units: list[Unit] = []
-    budget = rate * original_tokens  # target tokens the whole request may forward
-    fixed = original_tokens  # tokens not compressed by the context unit
+    fixed = original_tokens  # tokens no unit compresses
+    expected = 0.0  # tokens the instruction units are expected to forward
 
     if policy.instruction_rate < 1.0:
         for item in (i for i in components.instruction if i.compressible):
             r = policy.instruction_rate
             units.append(Unit("instruction", item, (), None, "", r,
                               key("instruction", [item.text], {"rate": r})))
-            budget -= r * count_tokens(item.text, model)
+            expected += r * count_tokens(item.text, model)
             fixed -= count_tokens(item.text, model)
 
     demos = tuple(i for i in components.demonstrations if i.compressible)
@@ -134,12 +147,19 @@ def plan_units(
     question = questions[0] if len(questions) == 1 else None
     aware = ranks_by_question(policy.question_aware, demos)
     with_question = question is not None and (policy.question_rate < 1.0 or aware)
-    ctx_tokens = sum(count_tokens(i.text, model) for i in demos)
+    demo_tokens = sum(count_tokens(i.text, model) for i in demos)
+    budget = rate * demo_tokens  # the demonstrations forward ``rate`` of themselves
+    ctx_tokens = demo_tokens
     if with_question and question is not None:
-        ctx_tokens += count_tokens(question.text, model)
+        question_tokens = count_tokens(question.text, model)
+        ctx_tokens += question_tokens
+        budget += policy.question_rate * question_tokens
     if demos and ctx_tokens:
         fixed -= ctx_tokens
-        ctx_rate = _grid((budget - fixed) / ctx_tokens)
+        floor = min_forward_tokens - other_forward_tokens - fixed - expected
+        ctx_rate = _grid(max(budget, floor) / ctx_tokens)
+        if ctx_rate >= 1.0:  # nothing to gain within the floor
+            return Plan(tuple(units), protect)
         qtext = question.text if with_question and question is not None else ""
         ranked = aware and bool(qtext)
         knobs: dict[str, object] = {

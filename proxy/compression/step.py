@@ -13,20 +13,24 @@ Only a malformed override header is the client's fault (400).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.datastructures import Headers
 
+from proxy.accounting.cost import CacheEstimate
 from proxy.accounting.ledger import UsageRecord
 from proxy.compression.cache import CompressionCache
+from proxy.compression.conversation import Conversation
 from proxy.compression.messages import (
     ChatComponents,
     Item,
+    Path,
     body_text_tokens,
     replacements_for,
     split_chat,
@@ -36,6 +40,14 @@ from proxy.compression.messages import (
 from proxy.compression.overrides import Override, read_override
 from proxy.compression.plan import Plan, Unit, plan_units
 from proxy.compression.pool import CompressorPool
+from proxy.compression.prefix import PrefixForms, message_index
+from proxy.compression.provider_cache import (
+    CACHE_STEP_TOKENS,
+    MIN_CACHED_TOKENS,
+    REPLY_TOKENS,
+    PromptCacheModel,
+    cached_tokens,
+)
 from proxy.compression.rewrite import replace_strings
 from proxy.compression.service import CompressionEngine, CompressorService, default_deadline_ms
 from proxy.compression.transform import PipelineOutcome
@@ -114,6 +126,49 @@ class _Decision:
     ms: float = 0.0
     hits: int = 0
     misses: int = 0
+    frozen: int = 0  # leading messages forwarded as an earlier turn forwarded them
+    messages: int = 0
+    estimate: CacheEstimate | None = None
+
+
+@dataclass(frozen=True)
+class _Fresh:
+    """What compressing the messages no earlier turn forwarded gave."""
+
+    reason: str | None = None  # why nothing (more) was compressed
+    replacements: Mapping[Path, str] = field(default_factory=dict)
+    cache: str | None = None
+    ms: float = 0.0
+    hits: int = 0
+    misses: int = 0
+    ood: bool = False
+
+
+def _tail(components: ChatComponents, start: int) -> ChatComponents:
+    """The items and texts of messages ``start..`` (the ones not frozen)."""
+    if start == 0:
+        return components
+    return dataclasses.replace(
+        components,
+        items=tuple(i for i in components.items if message_index(i.path) >= start),
+        texts={p: t for p, t in components.texts.items() if message_index(p) >= start},
+    )
+
+
+class _CacheSides:
+    """The provider-cache models of one request: the original prompt as sent directly, and
+    the prompt that was forwarded (shadow mode: the one that would have been)."""
+
+    def __init__(self, cache: CompressionCache, tenant: str, shadow: bool, ttl_s: float) -> None:
+        self.direct = PromptCacheModel(cache, tenant, "direct", ttl_s)
+        self.sent = PromptCacheModel(cache, tenant, "shadow" if shadow else "forwarded", ttl_s)
+
+
+_FAULTS = frozenset({"compressor_loading", "compressor_unavailable", "queue_full", "deadline",
+                     "compressor_error", "out_of_distribution"})
+# How long a provider keeps a prompt prefix (OpenAI: 5-10 minutes idle, up to an hour).
+# Longer errs towards counting more cached tokens on both sides, i.e. smaller net savings.
+PROVIDER_CACHE_TTL_S = 3600.0
 
 
 class CompressionStep:
@@ -121,13 +176,17 @@ class CompressionStep:
 
     ``service`` runs the default engine; a policy naming its own ``model`` is served by
     ``pool`` (without a pool such a policy fails open: ``compressor_unavailable``).
+    Messages an earlier turn forwarded are forwarded again exactly as then
+    (`proxy.compression.prefix`); only new messages are compressed.
     """
 
     def __init__(self, service: CompressorService, cache: CompressionCache,
-                 pool: CompressorPool | None = None) -> None:
+                 pool: CompressorPool | None = None, *,
+                 provider_cache_ttl_s: float = PROVIDER_CACHE_TTL_S) -> None:
         self._service = service
         self._cache = cache
         self._pool = pool
+        self._provider_cache_ttl_s = provider_cache_ttl_s
 
     def _service_for(self, policy: CompressionPolicy) -> CompressorService | None:
         if policy.model is None:
@@ -149,30 +208,95 @@ class CompressionStep:
             original = await off_loop(len(raw), lambda: body_text_tokens(body, model))
             return _outcome(raw, tenant, model, original, _Decision("off"), override)
         components, original = await off_loop(len(raw), lambda: _split(body, policy))
-        decision = await self._decide(raw, components, tenant, policy, override, original)
+        decision = await self._decide(raw, body, components, tenant, policy, override, original)
         return _outcome(raw, tenant, model, original, decision, override)
 
-    async def _decide(self, raw: bytes, components: ChatComponents, tenant: Tenant,
-                      policy: CompressionPolicy, override: Override, original: int) -> _Decision:
+    async def _decide(self, raw: bytes, body: dict[str, Any], components: ChatComponents,
+                      tenant: Tenant, policy: CompressionPolicy, override: Override,
+                      original: int) -> _Decision:
         # mode "off" never gets here: __call__ answers it without splitting the body.
         if override.mode_off:
             return _Decision("skipped", "request_override")
         if not policy.applies_to(components.model):
             return _Decision("skipped", "model_not_in_policy")
+        shadow = policy.mode == "shadow"
+        conv = Conversation.of(body)
+        forms = PrefixForms(self._cache, tenant.name, shadow=shadow)
+        frozen_count, frozen = await forms.frozen(conv.chain, chat=conv.chat)
+        sides = _CacheSides(self._cache, tenant.name, shadow, self._provider_cache_ttl_s)
+        orig_tokens, frozen_tokens = await off_loop(len(raw), lambda: (
+            conv.message_tokens(components), conv.message_tokens(components, frozen)))
+        direct = conv.boundaries(conv.messages, orig_tokens)
+        direct_cached = cached_tokens(await sides.direct.lookup(direct), direct[-1].tokens)
+        # A prompt the provider would cache for the direct client must not be compressed
+        # below the provider's caching threshold: its later turns would lose the discount.
+        floor = (MIN_CACHED_TOKENS + CACHE_STEP_TOKENS
+                 if direct_cached >= MIN_CACHED_TOKENS
+                 and sum(frozen_tokens[:frozen_count]) < MIN_CACHED_TOKENS else 0)
+        fresh = await self._compress_fresh(
+            raw, _tail(components, frozen_count), tenant, policy, override, original,
+            floor=floor,
+            other=sum(frozen_tokens[:frozen_count]) + sum(orig_tokens[frozen_count:]))
+        await forms.store(conv.chain, frozen_count, fresh.replacements)
+        replacements = {**frozen, **fresh.replacements}
+        sent_tokens = (await off_loop(len(raw), lambda: conv.message_tokens(
+            components, replacements)) if replacements else orig_tokens)
+        sent = conv.boundaries(conv.forwarded(replacements), sent_tokens)
+        estimate = CacheEstimate(
+            direct_prompt=direct[-1].tokens + REPLY_TOKENS, direct_cached=direct_cached,
+            sent_prompt=sent[-1].tokens + REPLY_TOKENS,
+            sent_cached=cached_tokens(await sides.sent.lookup(sent), sent[-1].tokens))
+        await sides.direct.mark(direct)
+        await sides.sent.mark(sent)
+        reason = fresh.reason or ("out_of_distribution" if fresh.ood else None)
+        if reason == "nothing_to_compress" and frozen_count == len(conv.messages):
+            reason = "frozen_prefix"  # every message goes exactly as an earlier turn sent it
+        # Frozen compressed text counts as one cached unit beside the fresh ones.
+        hits = fresh.hits + (1 if frozen else 0)
+        units = hits + fresh.misses
+        cache = None if not units else "hit" if hits == units else "miss" if not hits else "partial"
+        skipped = _Decision("skipped", reason or "no_savings", cache=cache, ms=fresh.ms,
+                            hits=hits, misses=fresh.misses, frozen=frozen_count,
+                            messages=len(conv.messages), estimate=estimate)
+        if not replacements:
+            return skipped
+        forwarded_tokens = await off_loop(
+            len(raw), lambda: text_token_count(components, replacements=replacements)
+        )
+        if forwarded_tokens >= original:
+            return dataclasses.replace(skipped, reason="no_savings")
+        # Applied with frozen text: keep only a reason that says the new messages failed.
+        failed = reason if reason in _FAULTS else None
+        return dataclasses.replace(
+            skipped, outcome="shadow" if shadow else "applied", reason=failed,
+            forwarded=replace_strings(raw, replacements), forwarded_tokens=forwarded_tokens)
+
+    async def _compress_fresh(self, raw: bytes, components: ChatComponents, tenant: Tenant,
+                              policy: CompressionPolicy, override: Override, original: int,
+                              *, floor: int, other: int) -> _Fresh:
+        """Compress the messages no earlier turn forwarded (``components`` holds only them);
+        ``original`` counts the whole request's text (``min_tokens`` is about the request)."""
         if original < policy.min_tokens:
-            return _Decision("skipped", "below_min_tokens")
+            return _Fresh("below_min_tokens")
         service = self._service_for(policy)
         engine = service.engine if service is not None else None
         if service is None or engine is None:
+            if service is not None:
+                # A policy that began compressing after start-up (a reload) finds the default
+                # engine never started ("idle"): load it now, and say so, rather than report
+                # it unavailable until something polls /readyz.
+                service.start()
             state = service.status[0] if service is not None else "down"
-            return _Decision("skipped", "compressor_loading" if state == "loading"
-                             else "compressor_unavailable")
+            return _Fresh("compressor_loading" if state == "loading"
+                          else "compressor_unavailable")
         started = time.perf_counter()
+        fresh_tokens = text_token_count(components)
         plan = await off_loop(len(raw), lambda: plan_units(
-            components, policy, rate=override.rate or policy.rate, original_tokens=original,
-            tenant=tenant.name, model_id=engine.model_id))
+            components, policy, rate=override.rate or policy.rate, original_tokens=fresh_tokens,
+            tenant=tenant.name, model_id=engine.model_id, min_forward_tokens=floor,
+            other_forward_tokens=other - fresh_tokens))
         if not plan.units:
-            return _Decision("skipped", "nothing_to_compress")
+            return _Fresh("nothing_to_compress")
         deadline_ms = policy.max_compression_ms or default_deadline_ms(_device_type(engine))
         results, hits, reason = await self._results(service, engine, plan, policy,
                                                     components.model, deadline_ms / 1000)
@@ -180,7 +304,7 @@ class CompressionStep:
         cache = "hit" if hits == len(plan.units) else "miss" if hits == 0 else "partial"
         misses = len(plan.units) - hits
         if results is None:  # nothing compressed: no cache verdict to report
-            return _Decision("skipped", reason, ms=ms, hits=hits, misses=misses)
+            return _Fresh(reason, ms=ms, hits=hits, misses=misses)
         assigned: dict[Item, str] = {}
         ood = False
         for unit in plan.units:
@@ -189,18 +313,10 @@ class CompressionStep:
             if res.texts is not None:
                 assigned.update(zip(unit.items, res.texts, strict=True))
         replacements = replacements_for(components, assigned)
-        if not replacements:
-            return _Decision("skipped", "out_of_distribution" if ood else "no_savings",
-                             cache=cache, ms=ms, hits=hits, misses=misses)
-        forwarded_tokens = await off_loop(
-            len(raw), lambda: text_token_count(components, replacements=replacements)
-        )
-        if forwarded_tokens >= original:
-            return _Decision("skipped", "no_savings", cache=cache, ms=ms, hits=hits, misses=misses)
-        new_body = replace_strings(raw, replacements)
-        outcome = "shadow" if policy.mode == "shadow" else "applied"
-        return _Decision(outcome, "out_of_distribution" if ood else None, new_body,
-                         forwarded_tokens, cache, ms, hits, misses)
+        saved = replacements and await off_loop(len(raw), lambda: text_token_count(
+            components, replacements=replacements)) < fresh_tokens
+        why = None if saved else "out_of_distribution" if ood else "no_savings"
+        return _Fresh(why, replacements if saved else {}, cache, ms, hits, misses, ood)
 
     async def _results(
         self, service: CompressorService, engine: CompressionEngine, plan: Plan,
@@ -260,6 +376,9 @@ def _outcome(raw: bytes, tenant: Tenant, model: str | None, original: int,
         headers["x-linguagate-would-forward-tokens"] = str(d.forwarded_tokens)
     if override.note:
         headers["x-linguagate-override"] = override.note
+    if d.messages:
+        # How many leading messages went exactly as an earlier turn forwarded them.
+        headers["x-linguagate-prefix"] = f"{d.frozen}/{d.messages}"
     usage = UsageRecord(
         tenant=tenant.name,
         model=model or "unknown",
@@ -271,6 +390,7 @@ def _outcome(raw: bytes, tenant: Tenant, model: str | None, original: int,
         cache_hits=d.hits,
         cache_misses=d.misses,
         skip_reason=d.reason,
+        cache_estimate=d.estimate,
     )
     body = d.forwarded if d.outcome == "applied" and d.forwarded is not None else raw
     return PipelineOutcome(body, headers, usage)

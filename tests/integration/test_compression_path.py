@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -267,10 +268,17 @@ def test_deadline_and_queue_full_forward_original(stack: CompressionStack) -> No
     finally:
         stack.engine.release()
     stack.wait_idle()
-    # The late result was not wasted: it warmed the cache.
+    # What went upstream is frozen: the same conversation goes the same way again (its bytes
+    # are in the provider's cache) ...
+    again, received = chat(stack, "hasty", slow)
+    assert again["x-linguagate-compression"] == "skipped: frozen_prefix"
+    assert received == sent_bytes(stack, slow)
+    # ... but the late result was not wasted: it warmed the cache for the same few-shot
+    # block in another conversation (here: behind a system prompt of its own).
+    other_conversation = [{"role": "system", "content": "Be brief."}, *slow]
     deadline = time.monotonic() + 5
     while True:
-        warmed, _ = chat(stack, "hasty", slow)
+        warmed, _ = chat(stack, "hasty", other_conversation)
         if warmed.get("x-linguagate-cache") == "hit" or time.monotonic() > deadline:
             break
     assert (warmed["x-linguagate-compression"], warmed["x-linguagate-cache"]) == ("applied", "hit")
@@ -279,12 +287,19 @@ def test_deadline_and_queue_full_forward_original(stack: CompressionStack) -> No
 def test_rate_override_within_bounds(stack: CompressionStack) -> None:
     messages = few_shot(11, shots=4)
     default, _ = chat(stack, "team-a", messages)
-    low, _ = chat(stack, "team-a", messages, headers={"x-linguagate-rate": "0.3"})
+    # A conversation's forwarded messages are frozen, whatever the rate asked later: the
+    # override applies to messages compressed for the first time (here: another block).
+    other = few_shot(111, shots=4)
+    low, _ = chat(stack, "team-a", other, headers={"x-linguagate-rate": "0.3"})
     assert low["x-linguagate-override"] == "applied"
-    assert int(low["x-linguagate-forwarded-tokens"]) < int(default["x-linguagate-forwarded-tokens"])
-    clamped, _ = chat(stack, "team-a", messages, headers={"x-linguagate-rate": "0.05"})
+
+    def rate(h: Mapping[str, str]) -> float:
+        return int(h["x-linguagate-forwarded-tokens"]) / int(h["x-linguagate-original-tokens"])
+
+    assert rate(low) < rate(default)
+    clamped, _ = chat(stack, "team-a", other, headers={"x-linguagate-rate": "0.05"})
     assert clamped["x-linguagate-override"] == "clamped to 0.3"
-    assert clamped["x-linguagate-cache"] == "hit"  # the same entry as rate 0.3
+    assert clamped["x-linguagate-cache"] == "hit"  # the same frozen forms as at rate 0.3
     assert clamped["x-linguagate-forwarded-tokens"] == low["x-linguagate-forwarded-tokens"]
 
 

@@ -11,11 +11,12 @@ FEWSHOT = [
 ]
 
 
-def _plan(question: str, policy: CompressionPolicy, rate: float = 0.5, tenant: str = "a"):
+def _plan(question: str, policy: CompressionPolicy, rate: float = 0.5, tenant: str = "a",
+          **floor: int):
     body = {"model": "gpt-4", "messages": [*FEWSHOT, {"role": "user", "content": question}]}
     comps = split_chat(body)
     return plan_units(comps, policy, rate=rate, original_tokens=text_token_count(comps),
-                      tenant=tenant, model_id="m")
+                      tenant=tenant, model_id="m", **floor)
 
 
 def test_context_unit_independent_of_question_when_question_kept_whole() -> None:
@@ -51,11 +52,22 @@ def test_keys_are_per_tenant_and_per_knob() -> None:
     assert "Tom" not in a  # digests only
 
 
-def test_context_rate_takes_what_the_fixed_parts_leave() -> None:
+def test_the_rate_applies_to_the_demonstrations_not_to_parts_kept_whole() -> None:
+    # Instruction and question are kept whole; they are not paid for out of the
+    # demonstrations' budget (issue 18: a long system prompt must not erase a conversation).
     unit = _plan("How many legs do 3 cats have?", CompressionPolicy(mode="enforce")).units[0]
-    # instruction and question are kept whole, so demonstrations must go below the overall 0.5
-    assert 0.02 <= unit.rate < 0.5
-    assert round(unit.rate / 0.02) * 0.02 == round(unit.rate, 4)
+    assert unit.rate == 0.5
+    long_question = "How many legs do 3 cats have? " * 40
+    assert _plan(long_question, CompressionPolicy(mode="enforce")).units[0].rate == 0.5
+
+
+def test_a_forward_floor_raises_the_context_rate_or_drops_the_unit() -> None:
+    policy = CompressionPolicy(mode="enforce")
+    base = _plan("Q?", policy).units[0]
+    raised = _plan("Q?", policy, min_forward_tokens=1024, other_forward_tokens=960).units
+    assert raised and raised[0].rate > base.rate
+    assert round(raised[0].rate / 0.02) * 0.02 == round(raised[0].rate, 4)
+    assert _plan("Q?", policy, min_forward_tokens=5000, other_forward_tokens=0).units == ()
 
 
 def _docs_plan(question: str, policy: CompressionPolicy):
