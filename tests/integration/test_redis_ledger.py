@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -136,3 +137,46 @@ async def test_black_hole_record_returns(black_hole: BlackHole) -> None:
     with pytest.raises(LedgerUnavailable):
         await asyncio.wait_for(ledger.totals("research"), 5)
     await asyncio.wait_for(ledger.close(), 5)
+
+
+async def test_a_batch_resent_after_a_lost_reply_counts_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server applied the flush but its reply was lost (a timeout, a killed primary):
+    the same numbered batch goes again, and is counted once; records made meanwhile are
+    written by the next batch."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    ledger = RedisLedger.from_url(redis_url, FAST)
+    real = ledger._writer.write
+    calls: list[int] = []
+
+    async def applied_then_lost(client: Any, number: int, batch: Any) -> bool:
+        calls.append(number)
+        await real(client, number, batch)
+        if len(calls) == 1:
+            raise RedisConnectionError("reply lost")
+        return True
+
+    monkeypatch.setattr(ledger._writer, "write", applied_then_lost)
+    await ledger.record(rec())
+    assert not await ledger.flush()
+    await ledger.record(rec(original_tokens=10, forwarded_tokens=10))
+    await asyncio.sleep(FAST.backoff_s + 0.05)
+    assert await ledger.flush() and ledger.pending == 0
+    assert calls == [1, 1, 2]  # batch 1 again (applied once), then the records made meanwhile
+    [row] = await ledger.totals("research")
+    assert (row.requests, row.original_tokens) == (2, 110)
+    await ledger.close()
+
+
+async def test_two_writers_never_skip_each_other(redis_url: str) -> None:
+    """Batch numbers are per writer (proxy process): equal numbers from two replicas both count."""
+    first, second = RedisLedger.from_url(redis_url, FAST), RedisLedger.from_url(redis_url, FAST)
+    for ledger in (first, second):
+        await ledger.record(rec())
+        assert await ledger.flush()
+    [row] = await first.totals("research")
+    assert row.requests == 2
+    await first.close()
+    await second.close()
