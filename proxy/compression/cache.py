@@ -6,7 +6,8 @@ failure becomes a miss or a dropped write.
 Key names carry digests only (``lg:v1:<tenant digest>:cmp:<sha256>``), never
 prompt text, tenant secrets or API keys. The tenant name is hashed into both the
 namespace and the full digest, so one tenant's inputs can never produce another
-tenant's key.
+tenant's key. The names carry no hash tag: on a Redis Cluster the entries spread over
+every slot, and ``get_many`` is one MGET per slot (``proxy.store.clients.SpreadCluster``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-
+from proxy.store.clients import SharedRedis
 from proxy.store.redis import (
     BackendStatus,
     CircuitBreaker,
@@ -150,7 +150,7 @@ class RedisCache:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: SharedRedis,
         settings: RedisSettings = RedisSettings(),
         *,
         owns_client: bool = True,
