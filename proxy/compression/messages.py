@@ -5,39 +5,42 @@ splices the replacements that ``replacements_for`` returns into the raw body).
 
 Rules (what becomes what)
 -------------------------
-* ``system`` / ``developer`` text -> **instruction**: one item per message (per text
-  part when ``content`` is a list).
-* The **final user turn** (the last ``user`` message): its last text part is split
-  into documents (below); the last segment's last paragraph (after the last blank
-  line) is the **question**, everything before it in that message is
-  **demonstrations**, one per paragraph (blank lines inside code fences, ``<keep>``
-  regions or a bracketed value opening a line do not cut: each protection rule needs
-  its whole span).
-  A final turn with a single paragraph is all question.
-* Every other ``user``, ``assistant``, ``tool`` and ``function`` message text ->
-  **demonstrations**, one item per document (below) of each text (or text part).
-* A text holds several documents when it contains ``<document ...>...</document>``
-  blocks (each block's inner text is one item, the text between blocks other
-  items; the tags stay), else separator lines made only of ``---`` or ``===``
-  (3+ characters; the segments between them are items, the lines stay), else
-  ``Document [n]`` / ``Document n:`` headers at line starts (each header starts an
-  item; the header itself stays). Leading/trailing whitespace never belongs to an
-  item, so it always survives.
-* Items cut out of a text holding several documents or paragraphs, and ``tool`` /
-  ``function`` results, are marked ``retrieved``: a policy's ``question_aware =
-  "auto"`` ranks them by the question (``proxy.compression.plan``). Earlier user/assistant turns
-  (few-shot examples, conversation) are not.
-* ``tool`` / ``function`` results that are JSON objects or arrays are not
-  compressible (reason ``json_tool_result``) unless the policy allows it.
+Where the question, the context and the instruction stand inside one text is found by
+``proxy.compression.layouts`` (labels such as ``Question:``/``Context:``, DSPy fields,
+rules, tags, triple quotes, numbered passages, paragraphs); this module decides which
+texts are looked at how, by the message's place relative to the question:
+
+* The **final user turn** (the last ``user`` message): its last text part holds the
+  **question** (wherever it stands in the text: after a label, before or after the
+  context) and may hold context (**demonstrations**, one per document). Labels, rules,
+  tags and output instructions around them are template: ``instruction`` items that are
+  never compressible (reason ``template``), so they are forwarded verbatim.
+* ``system`` / ``developer`` messages before it -> **instruction** (one item per text),
+  except context they carry (documents after an instruction that announces them, or
+  labelled/delimited context): demonstrations. After the final user turn, a system
+  message carries what a framework retrieved for the question (AutoGen memory): context.
+* ``user`` messages sent after the last assistant turn and before the final one (no
+  answer between) are context for this question; ``tool`` / ``function`` results too.
+  Both are cut into documents.
+* Earlier ``user`` / ``assistant`` turns (few-shot examples, conversation) ->
+  demonstrations, one per ``<document>`` block / ``---`` segment / ``Document [n]``
+  header of each text, not ranked by the question.
+* Documents and tool results are marked ``retrieved``: a policy's ``question_aware =
+  "auto"`` ranks them by the question (``proxy.compression.plan``). Earlier
+  user/assistant turns are not.
+* A ``tool`` / ``function`` result that is a JSON list of document-like objects
+  (``[{"title": ..., "content": ...}]``): each long prose string value (12 words or
+  more, no escape sequences) is a document; keys, short values and the structure stay
+  verbatim, so the result stays valid JSON. Other JSON results are not compressible
+  (reason ``json_tool_result``) unless the policy allows it.
 * Only text is touched: ``image_url``, ``input_audio``, ``file`` and ``refusal`` parts,
   ``tool_calls``, ids, ``name``, ``tools``, ``response_format``, ``stop``,
   ``prediction``... are never items.
 * ``response_format: {"type": "json_object"}``: ``json_word_required`` is set and
   ``protect_regexes`` holds ``\\bJSON\\b`` (the API rejects requests without it).
-* ``/v1/completions``: a string prompt is split like a final user turn (documents,
-  then its last paragraph as question). List prompts (several prompts, token ids)
-  are not compressed: each list entry is a separate completion whose text the
-  upstream may batch, and token-id prompts have no text to compress.
+* ``/v1/completions``: a string prompt is split like a final user turn. List prompts
+  (several prompts, token ids) are not compressed: each list entry is a separate
+  completion whose text the upstream may batch, and token-id prompts have no text.
 
 Several instruction items are joined with a blank line for the compressor (the
 method takes one instruction string). Its compressed form can only be split back
@@ -54,6 +57,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from proxy.compression.layouts import (
+    Layout,
+    Span,
+    SpanKind,
+    context_layout,
+    final_layout,
+    json_documents,
+    system_layout,
+)
 from proxy.core.tokens import count_tokens
 
 __all__ = [
@@ -73,6 +85,13 @@ __all__ = [
 
 Path = tuple[str | int, ...]
 Kind = Literal["instruction", "demonstration", "question"]
+# Where a message stands relative to the question (the last user message).
+_Place = Literal["before", "unanswered", "final", "after"]
+_SPAN_KINDS: dict[SpanKind, Kind] = {
+    "instruction": "instruction",
+    "context": "demonstration",
+    "question": "question",
+}
 # The API checks for the word in any case ("json" passes), so protect every spelling.
 JSON_WORD_REGEX = r"(?i)\bjson\b"
 _INSTRUCTION_JOIN = "\n\n"
@@ -83,7 +102,6 @@ _HEADER = re.compile(
     r"^[ \t]*(?:#{1,6}[ \t]*)?document[ \t]*(?:\[\d+\]|\d+)[ \t]*[:.)]?",
     re.IGNORECASE | re.MULTILINE,
 )
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
 _TOOL_ROLES = frozenset({"tool", "function"})
 _CONTEXT_ROLES = frozenset({"user", "assistant"}) | _TOOL_ROLES
@@ -115,6 +133,7 @@ class ChatComponents:
     texts: Mapping[Path, str] = field(default_factory=dict)  # every text string seen, by path
     model: str | None = None
     json_word_required: bool = False
+    rules: tuple[str, ...] = ()  # layout rules that fired (proxy.compression.layouts)
 
     def _of(self, kind: Kind) -> tuple[Item, ...]:
         return tuple(item for item in self.items if item.kind == kind)
@@ -134,6 +153,15 @@ class ChatComponents:
     @property
     def compressible(self) -> tuple[Item, ...]:
         return tuple(item for item in self.items if item.compressible)
+
+    def mapping(self) -> str:
+        """How the request was mapped, for the ``x-linguagate-mapping`` header and
+        ``compress --stats``: item counts per component and the layout rules that fired."""
+        counts = (
+            f"instruction={len(self.instruction)}; context={len(self.demonstrations)}; "
+            f"question={len(self.question)}"
+        )
+        return f"{counts}; rules={','.join(self.rules) or 'none'}"
 
     @property
     def protect_regexes(self) -> tuple[str, ...]:
@@ -187,83 +215,6 @@ def split_documents(text: str) -> list[tuple[int, int]]:
     return [(s.start, s.end) for s in _segments(text)]
 
 
-def _final_turn(text: str) -> Iterator[tuple[Kind, _Segment]]:
-    segs = _segments(text)
-    if not segs:
-        return
-    q = len(segs) - 1
-    if segs[q].document:  # question before the documents: the last untagged text asks it
-        q = max((i for i, s in enumerate(segs) if not s.document), default=q)
-    for i, seg in enumerate(segs):
-        if i != q:
-            yield "demonstration", seg
-            continue
-        breaks = list(_PARAGRAPH_BREAK.finditer(text, seg.start, seg.end))
-        last = _trimmed(text, breaks[-1].end(), seg.end) if breaks else None
-        head = _trimmed(text, seg.start, breaks[-1].start(), split=seg.split) if breaks else None
-        if last is None or head is None or seg.document:
-            yield "question", seg
-        else:
-            for para in _paragraphs(text, head):
-                yield "demonstration", para
-            yield "question", last
-
-
-_FENCE = re.compile(r"^[ \t]*(?:```|~~~)", re.MULTILINE)
-_KEEP_REGION = re.compile(r"(?s)<keep>.*?</keep>")
-_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def _unsafe_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Where a blank line must not cut: code fences, ``<keep>`` regions, bracketed values
-    that open a line (JSON).
-
-    Cutting there would leave each half without the whole span its protection rule needs
-    (a fence's two ends, a keep region's two tags, a JSON value's brackets), and the halves
-    would then be compressed as prose."""
-    part = text[start:end]  # substring tests first: most prompts have none of these
-    spans: list[tuple[int, int]] = []
-    if "<keep>" in part:
-        spans += [(m.start(), m.end()) for m in _KEEP_REGION.finditer(text, start, end)]
-    if "```" in part or "~~~" in part:
-        fences = [m.start() for m in _FENCE.finditer(text, start, end)]
-        spans += [(a, b) for a, b in zip(fences[::2], [*fences[1::2], end], strict=False)]
-    if "{" not in part and "[" not in part:
-        return spans
-    depth, opened = 0, start
-    for m in _BRACKET.finditer(text, start, end):  # brackets only: prose costs nothing
-        if m[0] in "[{":
-            if depth == 0:
-                # A JSON value opens a line; a bracket inside prose ("see [1") does not
-                # start one, so a stray one cannot stop every later cut.
-                line = text.rfind("\n", start, m.start())
-                if text[start if line < 0 else line + 1 : m.start()].strip():
-                    continue
-                opened = m.start()
-            depth += 1
-        elif depth:
-            depth -= 1
-            if depth == 0:
-                spans.append((opened, m.end()))
-    if depth:
-        spans.append((opened, end))  # never closed: no cut after it
-    return spans
-
-
-def _paragraphs(text: str, seg: _Segment) -> list[_Segment]:
-    """``seg`` cut at its blank lines into paragraphs, except inside fences, keep regions
-    and brackets (see ``_unsafe_spans``): the budget controller's demonstrations."""
-    unsafe = _unsafe_spans(text, seg.start, seg.end)
-    cuts = [
-        m for m in _PARAGRAPH_BREAK.finditer(text, seg.start, seg.end)
-        if not any(a < m.start() and m.end() <= b + 1 for a, b in unsafe)
-    ]
-    bounds = zip([seg.start, *(m.end() for m in cuts)], [*(m.start() for m in cuts), seg.end],
-                 strict=True)
-    split = seg.split or bool(cuts)
-    return [p for a, b in bounds if (p := _trimmed(text, a, b, split=split)) is not None]
-
-
 def _is_json(text: str) -> bool:
     stripped = text.strip()
     if not stripped or stripped[0] not in "[{":
@@ -294,6 +245,7 @@ class _Builder:
         self.compress_json = compress_json_tool_results
         self.items: list[Item] = []
         self.texts: dict[Path, str] = {}
+        self.rules: dict[str, None] = {}  # layout rules that fired, first seen first
 
     def add(self, kind: Kind, path: Path, text: str, seg: _Segment, role: str) -> None:
         protected = role in _TOOL_ROLES and not self.compress_json and _is_json(text)
@@ -311,7 +263,41 @@ class _Builder:
             )
         )
 
-    def message(self, index: int, message: Mapping[str, Any], final_user: bool) -> None:
+    def layout(self, path: Path, text: str, layout: Layout, role: str) -> None:
+        """Items of a text analysed by ``proxy.compression.layouts``."""
+        self.rules.update(dict.fromkeys(layout.rules))
+        for span in layout.spans:
+            kind: Kind = _SPAN_KINDS[span.kind]
+            template = kind == "instruction" and role not in _INSTRUCTION_ROLES
+            self.items.append(
+                Item(
+                    kind,
+                    path,
+                    span.start,
+                    span.end,
+                    text[span.start : span.end],
+                    role,
+                    # Labels, rules and output instructions around a user's or a tool's
+                    # context are template text: forwarded verbatim.
+                    compressible=not template,
+                    reason="template" if template else None,
+                    retrieved=span.retrieved and kind == "demonstration",
+                )
+            )
+
+    def tool(self, path: Path, text: str, role: str) -> None:
+        if _is_json(text):
+            spans = json_documents(text)
+            if spans:  # a list of documents: their prose values, never keys or structure
+                self.layout(path, text, Layout(
+                    tuple(Span("context", a, b) for a, b in spans), ("json_documents",)), role)
+            else:
+                for seg in _segments(text):
+                    self.add("demonstration", path, text, seg, role)
+            return
+        self.layout(path, text, context_layout(text), role)
+
+    def message(self, index: int, message: Mapping[str, Any], place: _Place) -> None:
         role = message.get("role")
         if not isinstance(role, str) or (role not in _INSTRUCTION_ROLES | _CONTEXT_ROLES):
             return
@@ -319,15 +305,39 @@ class _Builder:
         for n, (path, text) in enumerate(slots):
             self.texts[path] = text
             if role in _INSTRUCTION_ROLES:
-                whole = _trimmed(text, 0, len(text))
-                if whole is not None:
-                    self.add("instruction", path, text, whole, role)
-            elif final_user and n == len(slots) - 1:
-                for kind, seg in _final_turn(text):
-                    self.add(kind, path, text, seg, role)
+                # After the question, a system message carries what a framework retrieved
+                # for it (AutoGen memory): context, not instruction.
+                analysed = context_layout(text) if place == "after" else system_layout(text)
+                self.layout(path, text, analysed, role)
+            elif place == "final" and n == len(slots) - 1:
+                self.layout(path, text, final_layout(text), role)
+            elif role in _TOOL_ROLES:
+                self.tool(path, text, role)
+            elif place == "unanswered" and role == "user":
+                self.layout(path, text, context_layout(text), role)
             else:
                 for seg in _segments(text):
                     self.add("demonstration", path, text, seg, role)
+
+
+def _places(messages: Sequence[Any]) -> list[_Place]:
+    """Each message's place relative to the question (the last user message)."""
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    users = [i for i, r in enumerate(roles) if r == "user"]
+    final = users[-1] if users else len(roles)
+    answered = max((i for i, r in enumerate(roles[:final]) if r == "assistant"), default=-1)
+    places: list[_Place] = []
+    for i in range(len(roles)):
+        if i == final:
+            places.append("final")
+        elif i > final:
+            places.append("after")
+        elif i > answered and roles[i] == "user":
+            # Sent before the question with no answer between: context for this question.
+            places.append("unanswered")
+        else:
+            places.append("before")
+    return places
 
 
 def split_chat(
@@ -337,18 +347,15 @@ def split_chat(
     messages = body.get("messages")
     builder = _Builder(compress_json_tool_results)
     if isinstance(messages, list):
-        users = [
-            i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"
-        ]
-        final_user = users[-1] if users else -1
-        for i, message in enumerate(messages):
+        for i, (message, place) in enumerate(zip(messages, _places(messages), strict=True)):
             if isinstance(message, dict):
-                builder.message(i, message, i == final_user)
+                builder.message(i, message, place)
     response_format = body.get("response_format")
     json_object = isinstance(response_format, dict) and response_format.get("type") == "json_object"
     model = body.get("model")
     return ChatComponents(
-        tuple(builder.items), builder.texts, model if isinstance(model, str) else None, json_object
+        tuple(builder.items), builder.texts, model if isinstance(model, str) else None, json_object,
+        tuple(builder.rules),
     )
 
 
@@ -359,10 +366,10 @@ def split_completion(body: Mapping[str, Any]) -> ChatComponents:
     builder = _Builder(compress_json_tool_results=False)
     if isinstance(prompt, str):
         builder.texts[("prompt",)] = prompt
-        for kind, seg in _final_turn(prompt):
-            builder.add(kind, ("prompt",), prompt, seg, "prompt")
+        builder.layout(("prompt",), prompt, final_layout(prompt), "prompt")
     return ChatComponents(
-        tuple(builder.items), builder.texts, model if isinstance(model, str) else None
+        tuple(builder.items), builder.texts, model if isinstance(model, str) else None,
+        rules=tuple(builder.rules),
     )
 
 

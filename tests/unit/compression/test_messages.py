@@ -38,7 +38,8 @@ def test_roles_map_to_instruction_demonstrations_question() -> None:
         ("instruction", ("messages", 1, "content", 0, "text"), "Answer in French."),
         ("demonstration", ("messages", 2, "content"), "Q: 2+2?"),
         ("demonstration", ("messages", 3, "content"), "A: 4"),
-        ("question", ("messages", 4, "content"), "Q: 3+3?"),
+        ("instruction", ("messages", 4, "content"), "Q:"),  # a label: template, kept verbatim
+        ("question", ("messages", 4, "content"), "3+3?"),
     ]
 
 
@@ -137,18 +138,25 @@ def test_final_turn_with_documents() -> None:
         "Document [2](Title: B) Beta.\n\nQuestion: who?\nAnswer:"
     )
     items = split_chat({"messages": [{"role": "user", "content": nq}]}).items
-    assert [(i.kind, i.text) for i in items] == [
-        ("demonstration", "Write an answer using the search results."),
-        ("demonstration", "(Title: A) Alpha."),
-        ("demonstration", "(Title: B) Beta."),
-        ("question", "Question: who?\nAnswer:"),
+    assert [(i.kind, i.text, i.compressible) for i in items] == [
+        # The text around delimited documents is template: labels, headers, instructions.
+        ("instruction", "Write an answer using the search results.\n\nDocument [1]", False),
+        ("demonstration", "(Title: A) Alpha.", True),
+        ("instruction", "Document [2]", False),
+        ("demonstration", "(Title: B) Beta.", True),
+        ("instruction", "Question:", False),
+        ("question", "who?", True),
+        ("instruction", "Answer:", False),
     ]
     q_first = "Summarise the documents.\n<document>One.</document><document>Two.</document>"
     items = split_chat({"messages": [{"role": "user", "content": q_first}]}).items
     assert [(i.kind, i.text) for i in items] == [
         ("question", "Summarise the documents."),
+        ("instruction", "<document>"),
         ("demonstration", "One."),
+        ("instruction", "</document><document>"),
         ("demonstration", "Two."),
+        ("instruction", "</document>"),
     ]
 
 
@@ -182,15 +190,17 @@ def test_malformed_bodies_give_no_items() -> None:
 
 
 def test_replacements_splice_documents_and_skip_unchanged() -> None:
-    text = "Intro.\n---\nDoc one is long.\n---\nDoc two is long.\n\nQuestion?"
+    text = "Intro.\n---\nDoc one is long.\n---\nDoc two is long.\n---\n\nQuestion?"
     body = {"messages": [{"role": "system", "content": "Sys."}, {"role": "user", "content": text}]}
     comps = split_chat(body)
     demos = comps.demonstrations
-    assert [d.text for d in demos] == ["Intro.", "Doc one is long.", "Doc two is long."]
+    assert [d.text for d in demos] == ["Doc one is long.", "Doc two is long."]  # "Intro.": heading
     new = replacements_for(
-        comps, {demos[1]: "Doc one.", demos[2]: "Doc two.", comps.instruction[0]: "Sys."}
+        comps, {demos[0]: "Doc one.", demos[1]: "Doc two.", comps.instruction[0]: "Sys."}
     )
-    assert new == {("messages", 1, "content"): "Intro.\n---\nDoc one.\n---\nDoc two.\n\nQuestion?"}
+    assert new == {
+        ("messages", 1, "content"): "Intro.\n---\nDoc one.\n---\nDoc two.\n---\n\nQuestion?"
+    }
     assert replacements_for(comps, {}) == {}
 
 
@@ -344,9 +354,8 @@ def test_retrieved_marks_documents_and_tool_results_not_few_shot_turns() -> None
         ("What is 2 + 2?", False),
         ("4", False),
         ("The weather is sunny.", True),
-        ("Write an answer using the search results.", True),
         ("(Title: A) Alpha.", True),
-        ("(Title: B) Beta.", True),  # the question's own segment: its head is still a document
+        ("(Title: B) Beta.", True),
     ]
     plain = "First paragraph.\n\nSecond paragraph.\n\nWhat now?"
     items = split_chat({"messages": [{"role": "user", "content": plain}]}).items
