@@ -161,6 +161,9 @@ def plan_units(
         if ctx_rate >= 1.0:  # nothing to gain within the floor
             return Plan(tuple(units), protect)
         qtext = question.text if with_question and question is not None else ""
+        frozen = [i.text for i in components.question if i.reason == "frozen"]
+        if aware and question is None and len(frozen) == 1:
+            qtext = frozen[0]  # forwarded in an earlier turn: ranks, is not compressed
         ranked = aware and bool(qtext)
         knobs: dict[str, object] = {
             "rate": ctx_rate,

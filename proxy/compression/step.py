@@ -145,12 +145,20 @@ class _Fresh:
 
 
 def _tail(components: ChatComponents, start: int) -> ChatComponents:
-    """The items and texts of messages ``start..`` (the ones not frozen)."""
+    """The items and texts of messages ``start..`` (the ones not frozen).
+
+    A frozen question stays, not compressible (reason ``frozen``): it still ranks the new
+    context (an agent's tool result arrives a turn after the question was forwarded)."""
     if start == 0:
         return components
     return dataclasses.replace(
         components,
-        items=tuple(i for i in components.items if message_index(i.path) >= start),
+        items=tuple(
+            i if message_index(i.path) >= start
+            else dataclasses.replace(i, compressible=False, reason="frozen")
+            for i in components.items
+            if message_index(i.path) >= start or i.kind == "question"
+        ),
         texts={p: t for p, t in components.texts.items() if message_index(p) >= start},
     )
 
@@ -209,7 +217,7 @@ class CompressionStep:
             return _outcome(raw, tenant, model, original, _Decision("off"), override)
         components, original = await off_loop(len(raw), lambda: _split(body, policy))
         decision = await self._decide(raw, body, components, tenant, policy, override, original)
-        return _outcome(raw, tenant, model, original, decision, override)
+        return _outcome(raw, tenant, model, original, decision, override, components.mapping())
 
     async def _decide(self, raw: bytes, body: dict[str, Any], components: ChatComponents,
                       tenant: Tenant, policy: CompressionPolicy, override: Override,
@@ -357,7 +365,7 @@ class CompressionStep:
 
 
 def _outcome(raw: bytes, tenant: Tenant, model: str | None, original: int,
-             d: _Decision, override: Override) -> PipelineOutcome:
+             d: _Decision, override: Override, mapping: str | None = None) -> PipelineOutcome:
     forwarded_tokens = (
         d.forwarded_tokens if d.outcome == "applied" and d.forwarded_tokens is not None
         else original
@@ -376,6 +384,10 @@ def _outcome(raw: bytes, tenant: Tenant, model: str | None, original: int,
         headers["x-linguagate-would-forward-tokens"] = str(d.forwarded_tokens)
     if override.note:
         headers["x-linguagate-override"] = override.note
+    if mapping is not None:
+        # How the messages were mapped (item counts, layout rules): why a tenant's context
+        # was or was not compressed. Counts and rule names only, never prompt text.
+        headers["x-linguagate-mapping"] = mapping
     if d.messages:
         # How many leading messages went exactly as an earlier turn forwarded them.
         headers["x-linguagate-prefix"] = f"{d.frozen}/{d.messages}"

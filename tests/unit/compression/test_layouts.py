@@ -3,6 +3,7 @@ them that no rule was written against (other labels, delimiters, positions)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -150,3 +151,21 @@ def test_mapping_summary_names_counts_and_rules() -> None:
     summary = comps.mapping()
     assert summary.startswith("instruction=3; context=")
     assert "question=1" in summary and "question_label" in summary and "context_label" in summary
+
+
+def test_a_question_forwarded_in_an_earlier_turn_still_ranks_the_new_context() -> None:
+    from proxy.compression.plan import plan_units
+    from proxy.policy.model import CompressionPolicy
+
+    rendered = LAYOUTS["langgraph_agent"].render(ITEMS[0])
+    assert isinstance(rendered, list)
+    comps = _split(rendered)
+    # What the step hands the planner when the question's message is frozen (step._tail).
+    frozen = dataclasses.replace(comps, items=tuple(
+        dataclasses.replace(i, compressible=False, reason="frozen") if i.kind == "question" else i
+        for i in comps.items
+    ))
+    [unit] = plan_units(frozen, CompressionPolicy(), rate=0.33, original_tokens=1000,
+                        tenant="t", model_id="m").units
+    assert unit.question_aware and unit.question_text == ITEMS[0].question
+    assert unit.question is None  # ranks, is never rewritten
