@@ -3,8 +3,8 @@
 Reads the JSON body on stdin, writes the body that would be forwarded upstream on
 stdout: only the compressed message strings change, every other byte (fields,
 key order, number forms) is kept. The messages map onto the method's components
-as in ``proxy.compression.messages`` (system/developer -> instruction, earlier turns and
-documents -> demonstrations, last paragraph of the last user turn -> question).
+as in ``proxy.compression.messages`` and ``proxy.compression.layouts`` (the question and the
+context wherever a framework's template puts them; ``--stats`` names the rules that fired).
 """
 
 from __future__ import annotations
@@ -157,5 +157,7 @@ def _compress_body(
         "component_tokens": {k: list(v) for k, v in result.component_tokens.items()},
         "compress_ms": round(result.elapsed_ms, 1),
         "load_ms": round(load_ms, 1),
+        # How the messages were mapped: the x-linguagate-mapping header's value.
+        "mapping": components.mapping(),
     }
     return out, stats

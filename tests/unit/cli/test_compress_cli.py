@@ -70,6 +70,7 @@ def test_compresses_messages_and_keeps_every_other_byte(
     assert stats["requested_rate"] == 0.3
     assert stats["compressed_tokens"] < stats["original_tokens"]
     assert {"instruction", "demonstrations", "question"} <= set(stats["component_tokens"])
+    assert stats["mapping"].startswith("instruction=1; context=3; question=1; rules=")
 
 
 def test_policy_file_settings_apply(
