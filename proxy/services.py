@@ -9,6 +9,7 @@ own. Tests and the integration step pass their own pieces (a mock transport, a c
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,6 +20,7 @@ import httpx
 
 from proxy.accounting.accountant import Accountant
 from proxy.accounting.metrics import Metrics
+from proxy.accounting.report import PriceTable, load_prices
 from proxy.compression.cache import CompressionCache, MemoryCache, RedisCache
 from proxy.compression.engine_metrics import CompressorCollector
 from proxy.compression.pool import CompressorPool
@@ -36,6 +38,17 @@ if TYPE_CHECKING:
     from proxy.compression.service import CompressionEngine
 
 __all__ = ["open_services"]
+
+_log = logging.getLogger("linguagate.services")
+
+
+def _price_table(settings: Settings) -> PriceTable:
+    """The configured prices (defaults when the file is unreadable: metrics must not fail)."""
+    try:
+        return load_prices(settings.prices_path)
+    except (OSError, ValueError) as exc:
+        _log.warning("prices file not used (%s): built-in prices", type(exc).__name__)
+        return load_prices(None)
 
 
 def needs_compressor(policies: PolicyStore) -> bool:
@@ -93,7 +106,7 @@ async def open_services(
         all_probes = dict(probes or {})
         if settings.redis_url and "redis" not in all_probes:
             all_probes["redis"] = await stack.enter_async_context(_redis_probe(settings.redis_url))
-        metrics = Metrics()
+        metrics = Metrics(prices=_price_table(settings))
         redis_settings = RedisSettings(ttl_s=settings.cache_ttl_s)
         client = connect_redis(settings.redis_url, redis_settings) if settings.redis_url else None
         if client is not None:

@@ -12,7 +12,11 @@ Exported series (counters carry the ``_total`` suffix on the wire)::
     linguagate_shadow_would_save_tokens_total{tenant,model}
     linguagate_skips_total{tenant,model,reason}
     linguagate_cache_lookups_total{tenant,result}          result: hit|miss (per component)
-    linguagate_upstream_tokens_total{tenant,model,kind}    kind: prompt|completion (upstream usage)
+    linguagate_upstream_tokens_total{tenant,model,kind}    kind: prompt|completion|cached (upstream)
+    linguagate_prompt_tokens_total{tenant,model,side,cache} side: billed|direct|would, cache:
+                                                           cached|uncached (proxy.accounting.cost)
+    linguagate_input_usd_total{tenant,model,side}          the same at the price table's rates
+                                                           (net saved = direct - billed)
     linguagate_compression_rate{tenant,model}              histogram of forwarded/original
     linguagate_compression_seconds{tenant,model}           histogram of compression latency
     linguagate_redis_up{component}                         1/0 per Redis-backed component
@@ -34,7 +38,9 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy.accounting.cost import PromptBill
 from proxy.accounting.ledger import UsageRecord
+from proxy.accounting.report import PriceTable, load_prices
 from proxy.core.safetext import safe_text
 from proxy.store.redis import BackendStatus
 
@@ -78,7 +84,8 @@ class Metrics:
     ones are kept; later ones are reported as ``other`` (bounded memory).
     """
 
-    def __init__(self, *, max_models: int = 100) -> None:
+    def __init__(self, *, max_models: int = 100, prices: PriceTable | None = None) -> None:
+        self.prices = prices if prices is not None else load_prices(None)
         self.registry = CollectorRegistry(auto_describe=True)
         self.max_models = max_models
         self._models: set[str] = set()
@@ -122,6 +129,18 @@ class Metrics:
             "linguagate_upstream_tokens",
             "Tokens from the upstream's own usage report",
             [*tm, "kind"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "linguagate_prompt_tokens",
+            "Prompt tokens as billed, as sent directly (est.) and as shadow mode would send",
+            [*tm, "side", "cache"],
+            registry=r,
+        )
+        self.input_usd = Counter(
+            "linguagate_input_usd",
+            "Input money net of the provider's prompt cache, per side (priced models only)",
+            [*tm, "side"],
             registry=r,
         )
         self.compression_rate = Histogram(
@@ -178,6 +197,9 @@ class Metrics:
             self.upstream_tokens.labels(tenant, model, "completion").inc(
                 rec.upstream_completion_tokens
             )
+        if rec.upstream_cached_tokens is not None:
+            self.upstream_tokens.labels(tenant, model, "cached").inc(rec.upstream_cached_tokens)
+        self._observe_bills(rec, tenant, model)
         if rec.compression_ms > 0:
             self.compression_seconds.labels(tenant, model).observe(rec.compression_ms / 1000)
         sent = rec.would_forward_tokens if rec.outcome == "shadow" else rec.forwarded_tokens
@@ -185,6 +207,19 @@ class Metrics:
             self.shadow_would_save.labels(tenant, model).inc(max(rec.original_tokens - sent, 0))
         if rec.outcome in ("applied", "shadow") and sent is not None and rec.original_tokens:
             self.compression_rate.labels(tenant, model).observe(sent / rec.original_tokens)
+
+    def _observe_bills(self, rec: UsageRecord, tenant: str, model: str) -> None:
+        inc = rec.increments()
+        for side in ("billed", "direct", "would"):
+            prompt = int(inc.get(f"{side}_prompt_tokens", 0))
+            if not prompt:
+                continue
+            bill = PromptBill(prompt, int(inc.get(f"{side}_cached_tokens", 0)))
+            self.prompt_tokens.labels(tenant, model, side, "cached").inc(bill.cached)
+            self.prompt_tokens.labels(tenant, model, side, "uncached").inc(bill.uncached)
+            usd = self.prices.bill(rec.model, bill)
+            if usd is not None:
+                self.input_usd.labels(tenant, model, side).inc(usd)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type, for ``GET /metrics``."""

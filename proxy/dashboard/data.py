@@ -1,8 +1,11 @@
 """The dashboard's figures: the ledger's hourly buckets summed per period and tenant.
 
 A period is a run of chart buckets ending with the current one: 24 hours for ``24h``,
-7 or 30 UTC days for ``7d``/``30d``. Money is saved tokens times the input price of
-each model (``proxy.accounting.report`` price table); models without a price are listed apart.
+7 or 30 UTC days for ``7d``/``30d``. Money is input money net of the provider's prompt
+cache (``proxy.accounting.cost``): what the forwarded prompts were billed, cached tokens at the
+cached price, against what sending the originals would have cost; requests recorded without
+those figures count saved tokens at the input price. Prices come from the
+``proxy.accounting.report`` table; models without a price are listed apart.
 """
 
 from __future__ import annotations
@@ -84,8 +87,12 @@ class ModelFigures:
     original_tokens: int
     forwarded_tokens: int
     saved_tokens: int
-    dollars_saved: float | None
+    dollars_saved: float | None  # net of the provider's prompt cache
     price_per_million: float | None
+    billed_dollars: float | None = None
+    direct_dollars: float | None = None
+    billed_prompt_tokens: int = 0
+    billed_cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,11 @@ class Summary:
     would_save_tokens: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
-    dollars_saved: float = 0.0
+    dollars_saved: float = 0.0  # net of the provider's prompt cache
+    billed_dollars: float = 0.0
+    direct_dollars: float = 0.0
+    billed_prompt_tokens: int = 0
+    billed_cached_tokens: int = 0
     unpriced_models: tuple[str, ...] = ()
     skips: Mapping[str, int] = field(default_factory=dict)
     rates: Histogram = field(default_factory=lambda: histogram(RATE_PREFIX, RATE_EDGES, {}))
@@ -117,6 +128,13 @@ class Summary:
     @property
     def saved_fraction(self) -> float | None:
         return self.saved_tokens / self.original_tokens if self.original_tokens else None
+
+    @property
+    def provider_cached_fraction(self) -> float | None:
+        """Share of billed prompt tokens the provider served from its cache."""
+        if not self.billed_prompt_tokens:
+            return None
+        return self.billed_cached_tokens / self.billed_prompt_tokens
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -135,6 +153,11 @@ class Summary:
             "saved_tokens": self.saved_tokens,
             "saved_fraction": self.saved_fraction,
             "dollars_saved": round(self.dollars_saved, 6),
+            "billed_dollars": round(self.billed_dollars, 6),
+            "direct_dollars": round(self.direct_dollars, 6),
+            "billed_prompt_tokens": self.billed_prompt_tokens,
+            "billed_cached_tokens": self.billed_cached_tokens,
+            "provider_cached_fraction": self.provider_cached_fraction,
             "unpriced_models": list(self.unpriced_models),
             "compressed_requests": self.compressed_requests,
             "shadow_requests": self.shadow_requests,
@@ -196,6 +219,10 @@ def summarize(
         cache_hits=row.cache_hits,
         cache_misses=row.cache_misses,
         dollars_saved=sum(m.dollars_saved or 0.0 for m in models),
+        billed_dollars=sum(m.billed_dollars or 0.0 for m in models),
+        direct_dollars=sum(m.direct_dollars or 0.0 for m in models),
+        billed_prompt_tokens=row.billed_prompt_tokens,
+        billed_cached_tokens=row.billed_cached_tokens,
         unpriced_models=tuple(m.model for m in models if m.dollars_saved is None),
         skips=dict(
             sorted(
@@ -221,14 +248,20 @@ def summarize(
 def _model_figures(model: str, counters: Mapping[str, float], prices: PriceTable) -> ModelFigures:
     row = LedgerRow.from_counters("", model, counters)
     price = prices.price_for(model)
+    net = prices.net(row)
     return ModelFigures(
         model=model,
         requests=row.requests,
         original_tokens=row.original_tokens,
         forwarded_tokens=row.forwarded_tokens,
         saved_tokens=row.saved_tokens,
-        dollars_saved=None if price is None else row.saved_tokens * price / 1_000_000,
+        dollars_saved=(None if price is None else net.saved if net is not None
+                       else row.saved_tokens * price / 1_000_000),
         price_per_million=price,
+        billed_dollars=None if net is None else net.billed,
+        direct_dollars=None if net is None else net.direct,
+        billed_prompt_tokens=row.billed_prompt_tokens,
+        billed_cached_tokens=row.billed_cached_tokens,
     )
 
 

@@ -40,7 +40,7 @@ SORT_KEYS: Mapping[str, tuple[str, Callable[[Summary], float | str]]] = MappingP
         "forwarded": ("Forwarded tokens", lambda s: s.forwarded_tokens),
         "saved": ("Saved tokens", lambda s: s.saved_tokens),
         "saved_pct": ("Saved %", lambda s: s.saved_fraction or 0.0),
-        "dollars": ("Est. $ saved", lambda s: s.dollars_saved),
+        "dollars": ("Net $ saved", lambda s: s.dollars_saved),
         "cache": ("Cache hit rate", lambda s: s.cache_hit_rate or 0.0),
     }
 )
@@ -296,8 +296,12 @@ def tenant_page(
         + '<dl class="kpis" id="kpis">'
         f'<div><dt>Tokens saved</dt><dd id="saved-tokens">{fmt.tokens(s.saved_tokens)}</dd></div>'
         f"<div><dt>Saved share</dt><dd>{fmt.percent(s.saved_fraction)}</dd></div>"
-        f'<div><dt>Est. money saved</dt><dd id="money-saved" title="${s.dollars_saved:.6f}">'
-        f"{fmt.money(s.dollars_saved)}</dd></div>"
+        f'<div><dt>Money saved, net of provider caching</dt><dd id="money-saved" '
+        f'title="${s.dollars_saved:.6f}">{fmt.money(s.dollars_saved)}</dd></div>'
+        f'<div><dt>Input billed / sent directly (est.)</dt><dd id="money-billed">'
+        f"{fmt.money(s.billed_dollars)} / {fmt.money(s.direct_dollars)}</dd></div>"
+        f'<div><dt>Provider-cached share</dt><dd id="provider-cached">'
+        f"{fmt.percent(s.provider_cached_fraction)}</dd></div>"
         f'<div><dt>Requests</dt><dd id="requests">{fmt.count(s.requests)}</dd></div>'
         f"<div><dt>Compressed requests</dt><dd>{fmt.count(s.compressed_requests)}</dd></div>"
         f"<div><dt>Cache hit rate</dt><dd>{fmt.percent(s.cache_hit_rate)}</dd></div>"
