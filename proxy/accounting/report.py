@@ -1,7 +1,8 @@
 """``linguagate report``: the savings ledger as a table, with estimated money saved.
 
-Reads the Redis ledger (``--redis-url`` or ``LINGUAGATE_REDIS_URL``); the in-memory
-ledger lives inside a running proxy and is served there by ``GET /v1/linguagate/usage``.
+Reads the Redis ledger (``--redis-url`` or ``LINGUAGATE_REDIS_URL``, in any form the proxy
+takes: a server, ``rediss://`` TLS, a Sentinel service, a cluster); the in-memory ledger lives
+inside a running proxy and is served there by ``GET /v1/linguagate/usage``.
 
 Money is net of the provider's prompt cache (``proxy.accounting.cost``): the input cost as
 billed (cached tokens at the cached price) against the estimated cost of sending the
@@ -32,6 +33,7 @@ from types import MappingProxyType
 from proxy.accounting.cost import PromptBill, input_cost
 from proxy.accounting.ledger import LedgerRow, LedgerUnavailable, RedisLedger
 from proxy.store.redis import RedisSettings
+from proxy.store.topology import parse_redis_url
 
 __all__ = [
     "DEFAULT_PRICES",
@@ -311,6 +313,7 @@ def run_report(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        parse_redis_url(url)
         since = parse_since(args.since) if args.since else None
         prices = load_prices(args.prices)
     except (OSError, ValueError) as exc:
@@ -347,7 +350,9 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     report.add_argument(
         "--redis-url",
         metavar="URL",
-        help="Redis holding the ledger (default: LINGUAGATE_REDIS_URL)",
+        help="Redis holding the ledger, in any form serve takes: redis://, rediss://, "
+        "redis+sentinel://h:26379,h:26380/service, redis+cluster://h:7000,h:7001 "
+        "(default: LINGUAGATE_REDIS_URL)",
     )
     report.add_argument(
         "--proxy",

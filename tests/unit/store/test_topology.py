@@ -89,3 +89,10 @@ async def test_redis_py_clients_per_form() -> None:
 def test_key_families_and_hash_tags() -> None:
     spread, tagged = tenant_namespace("team-a"), tenant_slot_namespace("team-a")
     assert "{" not in spread and tagged == spread.replace(spread[6:], "{" + spread[6:] + "}")
+
+
+def test_report_refuses_a_bad_url_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.cli.commands import main
+
+    assert main(["report", "--redis-url", "rediss://h?ssl_verify=0"]) == 2
+    assert "unknown option(s) ssl_verify" in capsys.readouterr().err
