@@ -53,6 +53,7 @@ from proxy.compression.service import CompressionEngine, CompressorService, defa
 from proxy.compression.transform import PipelineOutcome
 from proxy.core.executor import DeadlineExceeded, QueueFull
 from proxy.core.offload import off_loop
+from proxy.core.tokens import count_tokens
 from proxy.policy.model import CompressionPolicy, Tenant
 
 __all__ = ["CompressionStep", "UnitResult"]
@@ -163,6 +164,35 @@ def _tail(components: ChatComponents, start: int) -> ChatComponents:
     )
 
 
+def _keep_cacheable_head(components: ChatComponents, conv: Conversation,
+                         tokens: list[int], rate: float) -> ChatComponents:
+    """Leave the leading system/developer messages whole when compressing them would take a
+    prompt head the provider caches (1,024+ tokens) below its caching threshold.
+
+    A system prompt is usually a template that every conversation of a tenant starts with,
+    so the provider serves it from its cache at 10-50% of the price. Compressed to under
+    1,024 tokens it would never be cached again: the tenant would pay full price, every
+    request, for what costs a fraction sent whole. Compressed and still over the threshold,
+    it stays cached and cheaper, so it is compressed.
+    """
+    head = 0
+    while (head < len(conv.messages) and isinstance(conv.messages[head], dict)
+           and conv.messages[head].get("role") in ("system", "developer")):
+        head += 1
+    threshold = MIN_CACHED_TOKENS + CACHE_STEP_TOKENS
+    head_tokens = sum(tokens[:head])
+    if not head or head_tokens < threshold:
+        return components
+    items = [i for i in components.items if message_index(i.path) < head and i.compressible]
+    compressible = sum(count_tokens(i.text, components.model) for i in items)
+    if head_tokens - (1 - rate) * compressible >= threshold:
+        return components
+    kept = set(items)
+    return dataclasses.replace(components, items=tuple(
+        dataclasses.replace(i, compressible=False, reason="cached_head") if i in kept else i
+        for i in components.items))
+
+
 class _CacheSides:
     """The provider-cache models of one request: the original prompt as sent directly, and
     the prompt that was forwarded (shadow mode: the one that would have been)."""
@@ -241,8 +271,12 @@ class CompressionStep:
         floor = (MIN_CACHED_TOKENS + CACHE_STEP_TOKENS
                  if direct_cached >= MIN_CACHED_TOKENS
                  and sum(frozen_tokens[:frozen_count]) < MIN_CACHED_TOKENS else 0)
+        fresh_items = _tail(components, frozen_count)
+        if frozen_count == 0:
+            fresh_items = _keep_cacheable_head(fresh_items, conv, orig_tokens,
+                                               override.rate or policy.rate)
         fresh = await self._compress_fresh(
-            raw, _tail(components, frozen_count), tenant, policy, override, original,
+            raw, fresh_items, tenant, policy, override, original,
             floor=floor,
             other=sum(frozen_tokens[:frozen_count]) + sum(orig_tokens[frozen_count:]))
         await forms.store(conv.chain, frozen_count, fresh.replacements)

@@ -185,3 +185,19 @@ def test_compression_never_drops_a_cached_prompt_below_the_providers_threshold(
     assert first_cached < len(requests) - 1
     assert all(n >= 1024 for n in forwarded[first_cached:])
     assert sum(forwarded) < sum(direct)  # still compressed where it pays
+
+
+@pytest.mark.parametrize(("words", "compressed"), [(1000, False), (2200, True)])
+def test_a_system_prompt_is_compressed_only_while_it_stays_cacheable(
+    compression_stack: CompressionStack, upstream: FakeUpstream, words: int, compressed: bool
+) -> None:
+    # Tenant "instr" compresses instructions at 0.5. A system prompt every request starts
+    # with is served from the provider's cache; halved below 1,024 tokens it never would be.
+    system = {"role": "system", "content": sample_text(words, 3000 + words)}
+    for n in range(2):
+        request = [system, {"role": "user", "content": sample_text(300, 3100 + n)}]
+        _, received, usage = _send(compression_stack, request, tenant="instr")
+        assert (received[0] != system) is compressed
+        assert usage["prompt_tokens"] >= 1024
+    # Either way the shared head is served from the provider's cache the second time.
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= 1024
