@@ -49,7 +49,8 @@ Rules (each adds its name to ``Layout.rules``, which the response header reports
 
 System and developer messages (``system_context``): labelled or delimited context is
 found as above; without it, the paragraphs after the first paragraph that mentions
-context (context, documents, passages, retrieved, excerpts, sources, search results) are
+context (context, documents, passages, retrieved, excerpts, sources, search results,
+examples, demonstrations) are
 context when there are at least two of them, of 12 words or more on average. The rest is
 the instruction. A text that is context as a whole (a tool result, a user message sent
 before the question, a system message after it) is cut into documents the same way.
@@ -99,9 +100,12 @@ _CONTEXT_WORDS = re.compile(
     r"(?i)\b(?:contexts?|information|documents?|passages?|sources?|results?|memory|memories|"
     r"knowledge|excerpts?|articles?|sections?|snippets?|references?|background|evidence)\b"
 )
-# An instruction paragraph that announces context after it (system messages).
+# An instruction paragraph that announces context after it (system messages). Worked
+# examples announced in a system prompt are demonstrations (method: few-shot context) too
+# (plural only: "for example" inside an instruction announces nothing).
 _ANNOUNCES_CONTEXT = re.compile(
-    r"(?i)\b(?:context|documents?|passages?|retrieved|excerpts?|sources|search results)\b"
+    r"(?i)\b(?:context|documents?|passages?|retrieved|excerpts?|sources|search results"
+    r"|examples|demonstrations)\b"
 )
 
 Cls = Literal["question", "output", "context", "field"]

@@ -259,6 +259,8 @@ class CompressionStep:
             return _Decision("skipped", "model_not_in_policy")
         shadow = policy.mode == "shadow"
         conv = Conversation.of(body)
+        if not conv.messages:
+            return _Decision("skipped", "nothing_to_compress")
         forms = PrefixForms(self._cache, tenant.name, shadow=shadow)
         frozen_count, frozen = await forms.frozen(conv.chain, chat=conv.chat)
         sides = _CacheSides(self._cache, tenant.name, shadow, self._provider_cache_ttl_s)

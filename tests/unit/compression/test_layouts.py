@@ -55,6 +55,19 @@ def test_context_in_the_system_message_is_context() -> None:
     assert "system_context" in comps.rules
 
 
+def test_worked_examples_in_a_system_prompt_are_demonstrations() -> None:
+    # A tutoring system prompt: its own sentences, then few-shot examples it announces.
+    shots = "\n\n".join(
+        f"Question: A crate holds {n} apples and {n + 3} pears. How many fruits are there?\n"
+        f"Let's think step by step. {n} + {n + 3} = {2 * n + 3}. The answer is {2 * n + 3}."
+        for n in range(3, 7))
+    text = f"You are a patient math tutor. Worked examples follow.\n\n{shots}"
+    layout = system_layout(text)
+    assert [s.kind for s in layout.spans].count("instruction") == 1
+    assert text[layout.spans[0].start:layout.spans[0].end].startswith("You are a patient")
+    assert "system_context" in layout.rules
+
+
 def test_dspy_schema_placeholders_stay_instruction() -> None:
     rendered = LAYOUTS["dspy_chat_adapter"].render(ITEMS[0])
     assert isinstance(rendered, list)
