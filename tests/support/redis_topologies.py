@@ -186,10 +186,10 @@ class ClusterTopology:
             node.kill()
 
 
-def start_cluster(directory: Path, *, primaries: int = 3, node_timeout_ms: int = 1000
-                  ) -> ClusterTopology:
-    """A cluster of ``primaries`` primaries with one replica each; call ``stop()`` after."""
-    ports = _ports(2 * primaries, bus=True)
+def start_cluster(directory: Path, *, primaries: int = 3, replicas: int = 1,
+                  node_timeout_ms: int = 1000) -> ClusterTopology:
+    """A cluster of ``primaries`` primaries with ``replicas`` replicas each; ``stop()`` after."""
+    ports = _ports((1 + replicas) * primaries, bus=True)
     nodes = [
         Node(port, directory / f"node-{port}", _server_args(
             port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -207,14 +207,14 @@ def start_cluster(directory: Path, *, primaries: int = 3, node_timeout_ms: int =
             node.wait_ping()
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(n.address for n in nodes),
-             "--cluster-replicas", "1", "--cluster-yes"],
+             "--cluster-replicas", str(replicas), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
         )
         topology.wait_state_ok()
         # Replicas must have finished their first sync before a primary is killed: one
         # promoted before that has none of the data (the role shows before the sync ends).
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while not topology.replicas_in_sync(primaries):
+        while not topology.replicas_in_sync(replicas * primaries):
             if time.monotonic() > deadline:
                 raise RuntimeError("replicas did not sync")
             time.sleep(0.1)
