@@ -1,6 +1,7 @@
 """Two proxy replicas share a real Redis Cluster, a Sentinel-managed primary, or a TLS server
 with an ACL user, through the real openai SDK: shared cache hits, exact ledger totals, and a
-primary killed and replaced while requests flow (none may fail).
+primary killed and replaced while requests flow (none may fail); a conversation's
+prefix-stable forms identical from either replica.
 """
 
 from __future__ import annotations
@@ -153,6 +154,22 @@ def warm_and_share(stacks: list[CompressionStack], tally: Tally) -> None:
         assert second["x-linguagate-forwarded-tokens"] == first["x-linguagate-forwarded-tokens"]
 
 
+def assert_forms_shared(stacks: list[CompressionStack], tally: Tally) -> None:
+    """A conversation's first turn through replica 0, its next turn through replica 1: the
+    earlier messages go upstream exactly as replica 0 sent them (prefix-stable forms, shared
+    through Redis)."""
+    turn1 = few_shot(950, shots=2, words=60)
+    with stacks[0].client(TENANT) as sdk:
+        assert tally.chat(sdk, turn1)["x-linguagate-compression"] == "applied"
+    first = stacks[0].upstream.last().json()["messages"]
+    turn2 = [*turn1, {"role": "assistant", "content": "Case 950 is about hours."},
+             {"role": "user", "content": "And how many minutes is that?"}]
+    with stacks[1].client(TENANT) as sdk:
+        tally.chat(sdk, turn2)
+    second = stacks[1].upstream.last().json()["messages"]
+    assert second[: len(first)] == first
+
+
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> float:
     start = time.monotonic()
     while not check():
@@ -188,6 +205,7 @@ def run_failover(stacks: list[CompressionStack], url: str, kill: Callable[[], No
     promotion and the return to normal; no request may fail, the ledger must be exact."""
     tally = Tally()
     warm_and_share(stacks, tally)
+    assert_forms_shared(stacks, tally)
     load = Load(stacks, tally)
     load.start()
     try:
@@ -259,6 +277,7 @@ def test_tls_with_acl_user_and_client_certificate(
         stacks = replicas(server.url())
         tally = Tally()
         warm_and_share(stacks, tally)
+        assert_forms_shared(stacks, tally)
         assert readyz(stacks[0]) == {"status": "ok", "mode": "standalone",
                                      "address": f"127.0.0.1:{server.node.port}",
                                      "role": "master", "replicas": 0}
