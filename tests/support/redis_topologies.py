@@ -51,10 +51,12 @@ def _port_free(port: int) -> bool:
 
 
 def _ports(count: int, *, bus: bool = False) -> list[int]:
-    """``count`` free loopback ports (and their cluster bus ports, port + 10000)."""
+    """``count`` free loopback ports (and their cluster bus ports, port + 10000), all below
+    Linux's ephemeral range (32768+), where a client socket could take one before the server
+    binds it."""
     found: list[int] = []
     while len(found) < count:
-        port = random.randint(20000, 45000)
+        port = random.randint(20000, 22700)
         if port not in found and _port_free(port) and (not bus or _port_free(port + 10000)):
             found.append(port)
     return found
