@@ -276,14 +276,15 @@ def _body(answer: bytes) -> bytes:
 def raw_probe(kind: str, port: int, requests: list[bytes], expect: int, repeat: int,
               upstream_count: Callable[[], int]) -> Row:
     row = Row(kind)
-    before = upstream_count()
     for request in requests * repeat:
         row.tried += 1
+        before = upstream_count()
         answer, _ = _raw(port, request)
-        if _status(answer) != expect or not _is_envelope(_body(answer)):
-            row.fail(f"HTTP {_status(answer)}: {answer[:60]!r}")
-    if upstream_count() != before:
-        row.fail(f"{upstream_count() - before} reached the upstream")
+        if upstream_count() != before:
+            row.fail(f"forwarded upstream (HTTP {_status(answer)})")
+        elif _status(answer) != expect or not _is_envelope(_body(answer)):
+            first_line = answer.split(b"\r\n")[0]
+            row.fail(f"HTTP {_status(answer)}: {first_line!r}")
     return row
 
 
@@ -455,7 +456,8 @@ def _run(args: argparse.Namespace, ports: dict[str, int],
                                + auth + b"\r\n"
                                for p in dots], 400, 3, upstream_count))
     head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n" + auth
-    tail = b"content-length: 2\r\n\r\n{}"
+    chat = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+    tail = b"content-length: %d\r\n\r\n" % len(chat) + chat
     huge = [head + b"x-big: " + b"a" * 8_000_000 + b"\r\n" + tail,
             head + b"".join(b"x-h%d: v\r\n" % i for i in range(100_000)) + tail,
             head + b"".join(b"x-h%d: v\r\n" % i for i in range(101)) + tail,
