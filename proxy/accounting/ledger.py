@@ -39,7 +39,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from proxy.accounting.cost import CacheEstimate, PromptBill
-from proxy.accounting.ledger_keys import TENANTS_KEY, BatchWriter, model_prefix, models_key
+from proxy.accounting.ledger_keys import (
+    TENANTS_KEY,
+    BatchWriter,
+    RecentBatches,
+    model_prefix,
+    models_key,
+)
 from proxy.store.clients import SharedRedis
 from proxy.store.redis import (
     BackendStatus,
@@ -439,6 +445,7 @@ class RedisLedger:
         self._batches = 0
         ttl_s = int(retention.total_seconds()) + 3600
         self._writer = BatchWriter(hourly_ttl_s=ttl_s, marker_ttl_s=ttl_s)
+        self._recent = RecentBatches(clock)
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
 
@@ -468,6 +475,12 @@ class RedisLedger:
     async def flush(self) -> bool:
         """Write pending increments now; False (and kept for later) when Redis failed."""
         async with self._flush_lock:
+            # After a failure, the recent batches again first (a failover may have lost them).
+            for number, batch in self._recent.due():
+                write = functools.partial(self._writer.write, self._redis.client, number, batch)
+                if not await self._redis.call(write):
+                    return False
+            self._recent.replay_due = False
             for _ in range(2):  # the batch left by an earlier failure, then the pending one
                 if self._sealed is None:
                     if not self._pending:
@@ -476,7 +489,9 @@ class RedisLedger:
                     self._sealed, self._pending = (self._batches, self._pending), {}
                 write = functools.partial(self._writer.write, self._redis.client, *self._sealed)
                 if not await self._redis.call(write):
+                    self._recent.replay_due = True
                     return False  # sealed: the next flush resends this batch, same number
+                self._recent.stored(*self._sealed)
                 self._sealed = None
             return not self._pending
 

@@ -11,6 +11,13 @@ tenant (``lg:v1:{<t16>}:ledger:w:<writer>``), in the same atomic step as the inc
 A batch whose reply was lost (a timeout, a primary killed mid-reply) is sent again with the
 same number: applied once whether or not the first try got through. A failover does not
 break this: the marker replicates with the increments it guards, in one script effect.
+
+Replication is asynchronous, so a primary can die holding batches it acknowledged but had
+not yet sent to its replicas. Each writer therefore keeps the batches it stored in the last
+``RecentBatches.window_s`` seconds and, after any failed write, sends them again, oldest
+first, before anything newer: the new primary skips those whose marker reached it and
+applies those it never saw (one tenant's keys live on one node, whose replication stream is
+in order, so a surviving marker means every earlier batch survived too).
 """
 
 from __future__ import annotations
@@ -20,14 +27,15 @@ import hashlib
 import logging
 import math
 import secrets
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from proxy.store.clients import SharedRedis
 from proxy.store.redis import KEY_PREFIX, tenant_slot_namespace
 
-__all__ = ["TENANTS_KEY", "BatchWriter", "model_prefix", "models_key"]
+__all__ = ["TENANTS_KEY", "BatchWriter", "RecentBatches", "model_prefix", "models_key"]
 
 TENANTS_KEY = f"{KEY_PREFIX}:ledger:tenants"
 Batch = Mapping[tuple[str, str, datetime], Mapping[str, float]]
@@ -136,3 +144,27 @@ class BatchWriter:
 
         await asyncio.gather(*(one(t) for t in per_tenant))
         return True
+
+
+class RecentBatches:
+    """The batches a writer stored in the last ``window_s`` seconds (at most ``limit``), to
+    send again after a failure in case the primary that acknowledged them is gone."""
+
+    def __init__(self, clock: Callable[[], float], window_s: float = 30.0,
+                 limit: int = 120) -> None:
+        self.window_s = window_s
+        self._clock = clock
+        self._batches: deque[tuple[float, int, Batch]] = deque(maxlen=limit)
+        self.replay_due = False
+
+    def stored(self, number: int, batch: Batch) -> None:
+        self._batches.append((self._clock(), number, batch))
+
+    def due(self) -> list[tuple[int, Batch]]:
+        """Oldest first; empty unless a write failed since the last complete replay."""
+        if not self.replay_due:
+            return []
+        oldest = self._clock() - self.window_s
+        while self._batches and self._batches[0][0] < oldest:
+            self._batches.popleft()
+        return [(number, batch) for _, number, batch in self._batches]

@@ -113,8 +113,10 @@ async def test_redis_outage_never_fails_recording(redis_server: RedisServer) -> 
 
     redis_server.start()  # empty server (no persistence), same port
     await asyncio.sleep(FAST.backoff_s + 0.05)
-    [row] = await ledger.totals("research")  # flushes the 20 kept increments first
-    assert row.requests == 20 and ledger.pending == 0 and ledger.status().ok
+    # Flushes the 20 kept increments, after the recent batch the empty server lost (as a
+    # replica promoted before it received it would have): every request counted once.
+    [row] = await ledger.totals("research")
+    assert row.requests == 21 and ledger.pending == 0 and ledger.status().ok
     await ledger.close()
 
 
@@ -180,3 +182,35 @@ async def test_two_writers_never_skip_each_other(redis_url: str) -> None:
     assert row.requests == 2
     await first.close()
     await second.close()
+
+
+async def test_a_batch_the_old_primary_took_with_it_is_written_again(
+    redis_server: RedisServer,
+) -> None:
+    """A primary acknowledged batch 3 and died before its replica got it. After the failed
+    write that follows, the writer sends its recent batches again, oldest first: the new
+    primary skips 1 and 2 (their markers replicated with them) and applies 3, then 4."""
+    ledger = RedisLedger.from_url(redis_server.url, FAST)
+    for _ in range(3):
+        await ledger.record(rec())
+        assert await ledger.flush()
+    raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    keys = {k.rsplit(":", 1)[-1] if ":w:" not in k else "marker": k
+            for k in map(str, await raw.keys("*{*}*")) if ":h:" not in k}
+    await raw.aclose()
+    redis_server.stop()  # the primary dies
+    await ledger.record(rec())
+    assert not await ledger.flush()
+    redis_server.start()  # the promoted replica: it has batches 1 and 2 only
+    raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    await raw.sadd("lg:v1:ledger:tenants", "research")
+    await raw.sadd(keys["models"], "gpt-4o")
+    await raw.set(keys["marker"], 2)
+    await raw.hset(keys["total"], mapping={
+        "_tenant": "research", "_model": "gpt-4o", "requests": 2, "original_tokens": 200})
+    await raw.aclose()
+    await asyncio.sleep(FAST.backoff_s + 0.05)
+    assert await ledger.flush()
+    [row] = await ledger.totals("research")
+    assert (row.requests, row.original_tokens) == (4, 400)
+    await ledger.close()
