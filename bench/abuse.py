@@ -348,7 +348,8 @@ def big_body_beside_small(base: str, size: int) -> tuple[Row, dict[str, float]]:
     small_body = json.dumps({"model": "gpt-4o-mini",
                              "messages": [{"role": "user", "content": "hi"}]}).encode()
     sender = threading.Thread(target=send)
-    with httpx.Client(base_url=base, timeout=30) as probe:
+    # A generous timeout: on a build that blocks its event loop, one probe waits that long.
+    with httpx.Client(base_url=base, timeout=600) as probe:
         probe.get("/healthz")
         sender.start()
         while sender.is_alive():
