@@ -84,3 +84,21 @@ def test_event_stream_drops_content_length() -> None:
     assert found.event_stream
     assert found.headers == [(b"content-type", b"text/event-stream; charset=utf-8")]
     assert not found.has_request_id
+
+
+def test_org_mode_drops_api_key_and_cookie() -> None:
+    client = [*CLIENT, (b"api-key", b"proxy-key"), (b"cookie", b"lg_session=x")]
+    out = request_headers_for_upstream(
+        client, request_id="rid", org_authorization=b"Bearer org", identity_encoding=False
+    )
+    assert b"api-key" not in _names(out) and b"cookie" not in _names(out)
+
+
+def test_byo_mode_drops_the_headers_named_in_drop() -> None:
+    client = [*CLIENT, (b"api-key", b"sk-azure")]
+    out = request_headers_for_upstream(
+        client, request_id="rid", org_authorization=None, identity_encoding=False,
+        drop=frozenset({b"authorization"}),
+    )
+    assert b"authorization" not in _names(out)
+    assert dict(out)[b"api-key"] == b"sk-azure"

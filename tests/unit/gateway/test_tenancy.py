@@ -12,6 +12,7 @@ from proxy.gateway.tenancy import (
     bearer_token,
     hash_api_key,
     hash_api_key_hex,
+    proxy_key_headers,
     resolve_tenant,
 )
 from proxy.policy.model import CompressionPolicy, PolicySnapshot, Tenant
@@ -134,3 +135,14 @@ def test_resolve_tenant_end_to_end(tmp_path: Path) -> None:
     assert found is not None and found.name == "team"
     assert resolve_tenant(snapshot, {"authorization": "Bearer sk-other"}) is None
     assert resolve_tenant(snapshot, {}) is None
+
+
+def test_proxy_key_headers_name_every_header_holding_a_proxy_key() -> None:
+    snapshot = PolicySnapshot((TEAM_A, TEAM_B, ANON))
+    headers = {"Authorization": "Bearer key-b", "api-key": "key-a1", "x-linguagate-key": "key-a2"}
+    assert proxy_key_headers(snapshot, headers) == {
+        b"authorization", b"api-key", b"x-linguagate-key"
+    }
+    # A team's own upstream key is no proxy key: bring-your-own-key mode forwards it.
+    own = {"authorization": "Bearer sk-upstream", "api-key": "sk-azure"}
+    assert proxy_key_headers(snapshot, own) == frozenset()
