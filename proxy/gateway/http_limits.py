@@ -108,6 +108,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_count = 0
         self._rejected = False
+        self._deferred: bytes | None = None  # a refusal waiting for an earlier answer
 
     # connection -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -134,6 +135,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reject(400, "The request is not valid HTTP/1.1.", "invalid_http")
 
     # parser callbacks -------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._phase == "idle":  # pipelined: this request began in the last one's packet
+            self._begin_headers()
+        self._header_bytes = self._header_count = 0
+
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         self._header_bytes += len(url)
@@ -211,25 +218,45 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                      "request_timeout")
 
     def _reject(self, status: int, message: str, code: str, retry_after: bool = False) -> None:
-        """Answer with the OpenAI envelope unless a response began, then close."""
+        """Answer with the OpenAI envelope (unless a response began), then close.
+
+        A request refused before its headers were accepted may follow one whose answer is
+        still being sent (pipelining): that answer goes out first.
+        """
         self._rejected = True
         self._cancel_timer()
+        answer = _error_response(status, message, code, retry_after)
         cycle = self.cycle
+        earlier = self._phase == "headers" and cycle is not None and not cycle.response_complete
+        if earlier:
+            self._deferred = answer
+            self.flow.pause_reading()
+            return
         started = cycle is not None and cycle.response_started and not cycle.response_complete
-        transport = self.transport
-        if not transport.is_closing():
-            if not started:
-                transport.write(_error_response(status, message, code, retry_after))
-            if transport.can_write_eof():
-                # Lingering close: what the client is still sending is read and dropped for
-                # a moment; closing with unread bytes would reset the connection, and the
-                # client would see that instead of the answer.
-                transport.write_eof()
-                self.flow.resume_reading()
-                self.loop.call_later(_LINGER_S, transport.close)
-            else:
-                transport.close()
+        self._close_with(b"" if started else answer)
         if cycle is not None and not cycle.response_complete:
             # The app, if it is still reading the body, sees the client as gone.
             cycle.disconnected = True
             cycle.message_event.set()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._deferred is not None:
+            answer, self._deferred = self._deferred, None
+            self._close_with(answer)
+
+    def _close_with(self, answer: bytes) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if answer:
+            transport.write(answer)
+        if transport.can_write_eof():
+            # Lingering close: what the client is still sending is read and dropped for a
+            # moment; closing with unread bytes would reset the connection, and the client
+            # would see that instead of the answer.
+            transport.write_eof()
+            self.flow.resume_reading()
+            self.loop.call_later(_LINGER_S, transport.close)
+        else:
+            transport.close()

@@ -413,3 +413,15 @@ def test_requests_beyond_the_concurrency_limit_get_a_503(
     assert busy.status_code == 503
     assert busy.headers["retry-after"] == "1"
     assert _error(busy)["code"] == "server_busy"
+
+
+def test_a_refused_pipelined_request_waits_for_the_earlier_answer(
+    proxy: ProxyServer, upstream: FakeUpstream
+) -> None:
+    body = json.dumps(CHAT).encode()
+    first = CHAT_HEAD + b"content-length: %d\r\n\r\n" % len(body) + body
+    second = CHAT_HEAD + b"".join(b"x-h%d: v\r\n" % i for i in range(101)) + b"\r\n"
+    answer = _raw_exchange(proxy, first + second)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"HTTP/1.1 431" in answer
+    assert [r.body for r in upstream.requests] == [body]
