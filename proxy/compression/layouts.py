@@ -440,6 +440,32 @@ def _labelled_context(
     return sorted(docs), rules
 
 
+def _after_last_rule(
+    text: str, docs: list[tuple[int, int]], question: int, marks: list[_Mark]
+) -> list[tuple[int, int]]:
+    """Whole paragraphs between the last rule and the question's paragraph (which starts at
+    ``question``): the last document, when rules separate documents rather than close them."""
+    seps = [m for m in _SEPARATOR.finditer(text, 0, question)]
+    if not seps or any(a >= seps[-1].end() for a, _ in docs):
+        return []
+    start = seps[-1].end()
+    breaks = list(_BREAK.finditer(text, start, question))
+    if not breaks or any(start <= m.start < breaks[-1].start() for m in marks):
+        return []
+    region = _trim(text, start, breaks[-1].start())
+    if region is None:
+        return []
+    tail = _undelimited(text, *region)[0]
+    # Rules between documents: the text before the first rule is one too, unless it is a
+    # heading (much shorter than the documents, or a label).
+    lead = _trim(text, 0, seps[0].start())
+    if lead is not None and lead not in docs and not any(m.start < lead[1] for m in marks):
+        sizes = sorted(_words(text, a, b) for a, b in [*docs, *tail])
+        if _words(text, *lead) * 2 >= sizes[len(sizes) // 2]:
+            tail.insert(0, lead)
+    return tail
+
+
 def final_layout(text: str) -> Layout:
     """The question-bearing text (the final user turn, a completion prompt)."""
     marks = _marks(text)
@@ -467,6 +493,8 @@ def final_layout(text: str) -> Layout:
         question, rule = _fallback_question(text, 0, len(text), docs)
         rules.append(rule)
         docs = [d for d in docs if question is None or d[1] <= question[0] or d[0] >= question[1]]
+    if docs and question is not None:
+        docs = sorted(docs + _after_last_rule(text, docs, min(head_end, question[0]), marks))
     if not docs and question is not None:
         # No labelled or delimited context: the paragraphs before the question are.
         head = _trim(text, 0, min(head_end, question[0]))

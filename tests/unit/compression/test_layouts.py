@@ -129,6 +129,10 @@ def test_variants_no_rule_was_written_for() -> None:
     assert _spans(text, "question") == ["What is the gate code?"]
     assert _spans(text, "context") == DOCS
     assert _spans(text, "instruction")[-1] == "Answer in one word."
+    # Rules between documents (none after the last one), then the question.
+    text = "\n---\n".join(DOCS) + "\n\nWhat is the gate code?"
+    assert _spans(text, "context") == DOCS
+    assert _spans(text, "question") == ["What is the gate code?"]
 
 
 def test_a_question_label_inside_pasted_text_is_not_the_question() -> None:
