@@ -46,6 +46,7 @@ from proxy.accounting.ledger_keys import (
     model_prefix,
     models_key,
 )
+from proxy.core.safetext import safe_text
 from proxy.store.clients import SharedRedis
 from proxy.store.redis import (
     BackendStatus,
@@ -321,6 +322,10 @@ class _ModelNames:
         self._seen: dict[str, set[str]] = {}
 
     def __call__(self, rec: UsageRecord) -> UsageRecord:
+        tenant, model = safe_text(rec.tenant), safe_text(rec.model)
+        if (tenant, model) != (rec.tenant, rec.model):
+            # A name no Redis key or field can hold would fail every flush, for every tenant.
+            rec = dataclasses.replace(rec, tenant=tenant, model=model)
         seen = self._seen.setdefault(rec.tenant, set())
         if rec.model in seen:
             return rec

@@ -425,3 +425,20 @@ def test_a_refused_pipelined_request_waits_for_the_earlier_answer(
     assert answer.startswith(b"HTTP/1.1 200")
     assert b"HTTP/1.1 431" in answer
     assert [r.body for r in upstream.requests] == [body]
+
+
+async def test_redis_ledger_records_a_bad_name_beside_good_ones(redis_server: RedisServer) -> None:
+    """Defence in depth below the Accountant: the ledger itself makes names storable."""
+    from proxy.accounting.ledger import RedisLedger, UsageRecord
+
+    ledger = RedisLedger.from_url(redis_server.url)
+    try:
+        for model in ("gpt-4o\ud800", "gpt-4o-mini"):
+            await ledger.record(UsageRecord("t\udfff", model, "off", 3, 3))
+        await ledger.record(UsageRecord("other", "gpt-4o-mini", "off", 5, 5))
+        assert await ledger.flush()
+        rows = {(r.tenant, r.model): r.requests for r in await ledger.totals()}
+        assert rows == {("t\\udfff", "gpt-4o\\ud800"): 1, ("t\\udfff", "gpt-4o-mini"): 1,
+                        ("other", "gpt-4o-mini"): 1}
+    finally:
+        await ledger.close()
