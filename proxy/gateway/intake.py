@@ -129,7 +129,9 @@ def forward_request(
         request_id=request_id,
         org_authorization=upstream.org_authorization,
         identity_encoding=streaming,
-        drop=proxy_key_headers(snapshot, request.headers),
+        # In org-key mode every header that can hold a key is dropped anyway.
+        drop=(frozenset() if upstream.org_authorization is not None
+              else proxy_key_headers(snapshot, request.headers)),
     )
     return ForwardRequest(
         method=scope["method"],
