@@ -7,12 +7,13 @@ does (``Compressor(cpu_precision=...)``), compresses once to warm up, then times
 ``Compressor.compress`` on:
 
 - the GSM8K 8-shot prompt at rate 0.33, instruction and question whole (as
-  ``bench.compress_bench``), ``--questions`` questions, the first one twice (same bytes?);
+  ``bench.compress_bench``), ``--questions`` questions, the first one twice (same bytes?),
+  question-agnostic and question-aware (documents ranked by p(question | demonstration));
 - a ~1k-token retrieval prompt (``bench/data_retrieval.py``, rate 0.33), question-agnostic
   and question-aware.
 
 Agreement is against the ``fp32`` variant of the same run: outputs byte-identical, and the
-share of the original's words kept by one and dropped by the other. ``fp32-score-all``
+share of the words either keeps that only one of them keeps. ``fp32-score-all``
 is fp32 with the savings of "score only what a decision reads" undone (every segment token
 and every document token through the output head): the head rows and the time it adds.
 
@@ -46,9 +47,11 @@ def _cases(questions: int) -> list[tuple[str, int, Any, bool]]:
     """(case, index, sample, question-aware), the GSM8K ones first."""
     from bench.compress_bench import DATA, gsm8k_samples, retrieval_samples
 
-    gsm = [("GSM8K 0.33", s.idx, s, False) for s in gsm8k_samples(DATA, questions, [str(_RATE)])]
+    gsm = gsm8k_samples(DATA, questions, [str(_RATE)])
     ret = retrieval_samples([1000], [1], _RATE)[0]
-    return [*gsm, ("retrieval 1k", 0, ret, False), ("retrieval 1k qa", 0, ret, True)]
+    return [*(("GSM8K 0.33", s.idx, s, False) for s in gsm),
+            *(("GSM8K 0.33 qa", s.idx, s, True) for s in gsm),
+            ("retrieval 1k", 0, ret, False), ("retrieval 1k qa", 0, ret, True)]
 
 
 def _undo_skipping(counter: dict[str, int]) -> None:
@@ -139,16 +142,27 @@ def _median(runs: Sequence[dict[str, Any]], case: str) -> float | None:
     return statistics.median(secs) if secs else None
 
 
-def table(results: Sequence[dict[str, Any]]) -> str:
-    from bench.cpu_variants import word_disagreement
+def kept_words_differ(original: Sequence[str], a: str, b: str) -> float:
+    """Of the words either output keeps, the share only one of them keeps (0: same choice)."""
+    from bench.cpu_variants import _keep_mask
 
+    pa, pb = json.loads(a), json.loads(b)
+    differ = either = 0
+    for orig, x, y in zip(original, [pa[0], *pa[1], pa[2]], [pb[0], *pb[1], pb[2]], strict=True):
+        for u, v in zip(_keep_mask(orig, x), _keep_mask(orig, y), strict=True):
+            differ += u != v
+            either += u or v
+    return differ / either if either else 0.0
+
+
+def table(results: Sequence[dict[str, Any]]) -> str:
     base = next((r for r in results if r["variant"] == "fp32" and "runs" in r), None)
     cases = list(dict.fromkeys(r["case"] for r in base["runs"])) if base else []
     head = ["variant", "numerics", "load s"]
     for case in cases:
         head += [f"{case} s med", "x fp32"]
-    head += ["head rows / compression (GSM8K, ret, ret qa)", "same bytes as fp32",
-             "words differ (mean, max)", "repeat same bytes", "model id suffix"]
+    head += ["head rows / compression (per case)", "same bytes as fp32",
+             "kept words differ (mean, max)", "repeat same bytes", "model id suffix"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "runs" not in r:
@@ -164,7 +178,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
         cells.append(", ".join(str(v) for v in firsts.values()))
         pairs = list(zip(r["runs"], base["runs"] if base else [], strict=False))
         same = sum(a["text"] == b["text"] for a, b in pairs)
-        dis = [word_disagreement(a["original"], a["text"], b["text"]) for a, b in pairs]
+        dis = [kept_words_differ(a["original"], a["text"], b["text"]) for a, b in pairs]
         cells += [f"{same}/{len(pairs)}",
                   f"{statistics.mean(dis):.2%}, {max(dis):.2%}" if dis else "-",
                   f"{sum(x['repeat_identical'] for x in r['runs'])}/{len(r['runs'])}",
