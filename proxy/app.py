@@ -20,10 +20,14 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from proxy.core.errors import ProxyError, error_response
 from proxy.core.settings import Settings
 from proxy.core.tokens import encoding_for_model
+from proxy.gateway.intake import request_id_for
 from proxy.gateway.state import Services
 from proxy.policy.store import PolicyStore
 from proxy.routes import dispatch_v1, routes
@@ -71,7 +75,9 @@ def create_app(
             )
             yield {"services": active}
 
-    return ProxyApp(routes=routes(), lifespan=lifespan)
+    return ProxyApp(
+        routes=routes(), lifespan=lifespan, exception_handlers={Exception: _internal_error}
+    )
 
 
 class ProxyApp(Starlette):
@@ -87,6 +93,12 @@ class ProxyApp(Starlette):
             await dispatch_v1(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """An unexpected error on a non-`/v1` route: the OpenAI envelope, not Starlette's text."""
+    _log.error("unhandled error on %s: %s", request.url.path, type(exc).__name__)
+    return error_response(ProxyError("Internal proxy error."), request_id_for(request))
 
 
 def create_app_from_env() -> ProxyApp:

@@ -442,3 +442,35 @@ async def test_redis_ledger_records_a_bad_name_beside_good_ones(redis_server: Re
                         ("other", "gpt-4o-mini"): 1}
     finally:
         await ledger.close()
+
+
+def test_an_unexpected_error_off_v1_is_openai_shaped(
+    fake_upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Starlette answers an unhandled exception in plain text; the proxy's routes do not."""
+    import dataclasses
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
+    from types import MappingProxyType
+
+    from proxy.core.settings import Settings
+    from proxy.gateway.state import ComponentStatus, Services
+    from proxy.services import open_services
+    from tests.support.servers import run_proxy, write_tenant
+
+    async def broken() -> ComponentStatus:
+        raise RuntimeError("a probe with a bug")
+
+    @asynccontextmanager
+    async def services(settings: Settings) -> AsyncIterator[Services]:
+        async with open_services(settings) as real:
+            probes = MappingProxyType({**real.probes, "broken": broken})
+            yield dataclasses.replace(real, probes=probes)
+
+    write_tenant(tmp_path, "alpha", [ALPHA_KEY])
+    settings = Settings(upstream_url=fake_upstream.base_url, policies_dir=tmp_path)
+    with run_proxy(settings, services=services) as server:
+        response = httpx.get(server.url + "/readyz")
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    assert _error(response)["type"] == "server_error"
