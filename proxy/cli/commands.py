@@ -219,6 +219,8 @@ def _run_uvicorn(settings: Settings, args: argparse.Namespace) -> int:
         # httptools with header size/count limits, slow-client deadlines, a concurrency
         # limit and OpenAI-shaped errors (uvicorn leaves all of these open).
         "http": limited_protocol(HttpLimits.from_settings(settings)),
+        # No WebSocket route exists: upgrade requests are answered as plain HTTP.
+        "ws": "none",
         "lifespan": "on",
         "log_level": settings.log_level,
         "log_config": _log_config(settings.log_level),

@@ -54,6 +54,7 @@ def test_serve_one_worker(
     assert (kwargs["loop"], kwargs["access_log"]) == ("uvloop", False)
     http = kwargs["http"]  # httptools with the proxy's client limits (issue 13)
     assert http.func is LimitedHttpToolsProtocol and http.keywords["limits"] == HttpLimits()
+    assert kwargs["ws"] == "none"
 
 
 def test_serve_workers_use_factory_and_env(
