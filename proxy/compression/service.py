@@ -99,7 +99,9 @@ def load_local_engine(settings: Settings) -> CompressionEngine:
 
     from proxy.compress import Compressor
 
-    engine = Compressor(settings.compressor_model, settings.device)
+    engine = Compressor(
+        settings.compressor_model, settings.device, cpu_precision=settings.cpu_precision
+    )
     if engine.device.type == "cpu" and settings.torch_threads > 0:
         # Process-wide. One intra-op thread per compression worker leaves a core for the
         # event loop and avoids OpenMP contention, which on small CPUs costs more than it gives.
@@ -173,7 +175,9 @@ class CompressorService:
             _log.error("compressor failed to load: %s", self._error)
         else:
             elapsed = time.perf_counter() - started
-            _log.info("compressor ready: %s (%.1f s)", self._engine.model_id, elapsed)
+            numerics = getattr(self._engine, "numerics", None)  # remote engines: the worker's
+            _log.info("compressor ready: %s%s (%.1f s); compression starts now",
+                      self._engine.model_id, f", {numerics}" if numerics else "", elapsed)
         finally:
             self._ready.set()
 
@@ -184,8 +188,14 @@ class CompressorService:
         attach = getattr(engine, "with_batcher", None)
         if self._batching is None or attach is None:
             return engine
-        if not self._batching.applies(str(getattr(engine.device, "type", engine.device))):
+        device = str(getattr(engine.device, "type", engine.device))
+        if not self._batching.applies(device):
             return engine
+        if str(getattr(engine, "numerics", "")).startswith("cpu bf16"):
+            # oneDNN's bf16 kernels pick their blocking by row count: a request's bytes would
+            # depend on who shares its forwards (measured; fp32 rows are batch-invariant).
+            _log.warning("compress batching on a CPU in bf16: outputs depend on the batch; "
+                         "use --cpu-precision fp32 for batch-invariant bytes")
         batched: CompressionEngine = attach(self._batcher)
         self.executor.resize(max(self.executor.max_workers, self.executor.max_pending))
         self._batched = True
@@ -216,15 +226,17 @@ class CompressorService:
     def status(self) -> tuple[str, str | None]:
         """("ok" | "idle" | "loading" | "down", detail) for ``/readyz``."""
         if self._engine is not None:
-            return "ok", self._describe(self._engine.model_id)
+            return "ok", self._describe(self._engine)
         if not self._started:
             return "idle", "loads when a policy first needs it"
         if not self._ready.is_set():
             return "loading", self._description
         return "down", self._error
 
-    def _describe(self, model_id: str) -> str:
-        notes = []
+    def _describe(self, engine: CompressionEngine) -> str:
+        model_id = engine.model_id
+        numerics = getattr(engine, "numerics", None)  # a remote engine's worker reports its own
+        notes = [numerics] if isinstance(numerics, str) else []
         stats = self.batch_stats
         if stats is not None:
             notes.append(

@@ -260,6 +260,8 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--compress-batch-tokens", type=int, metavar="N")
     p.add_argument("--compress-batch-wait-ms", type=float, metavar="MS")
     p.add_argument("--torch-threads", type=int, metavar="N")
+    p.add_argument("--cpu-precision", choices=["auto", "fp32", "bf16", "bf16-matmul"],
+                   help="numerics on a CPU (LINGUAGATE_CPU_PRECISION, default auto)")
     p.set_defaults(func=_main)
 
 
@@ -275,6 +277,7 @@ def _main(args: argparse.Namespace) -> int:
         compress_batch_tokens=args.compress_batch_tokens,
         compress_batch_wait_ms=args.compress_batch_wait_ms,
         torch_threads=args.torch_threads,
+        cpu_precision=args.cpu_precision,
     )
 
     # One load at a time: transformers' from_pretrained is not thread-safe (its meta-device

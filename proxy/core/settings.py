@@ -30,6 +30,7 @@ to each worker process (every worker builds its own app from its environment).
 | compress_workers   | --compress-workers | LINGUAGATE_COMPRESS_WORKERS   | 1                |
 | compress_queue     | --compress-queue   | LINGUAGATE_COMPRESS_QUEUE     | 32               |
 | torch_threads      | --torch-threads    | LINGUAGATE_TORCH_THREADS      | 1 (0: torch's)   |
+| cpu_precision      | --cpu-precision    | LINGUAGATE_CPU_PRECISION      | auto (bf16 if native) |
 | compress_batching  | --compress-batching | LINGUAGATE_COMPRESS_BATCHING | auto (GPU: on)   |
 | compress_batch_tokens | --compress-batch-tokens | LINGUAGATE_COMPRESS_BATCH_TOKENS | 32768 |
 | compress_batch_wait_ms | --compress-batch-wait-ms | LINGUAGATE_COMPRESS_BATCH_WAIT_MS | 2 |
@@ -53,6 +54,8 @@ __all__ = ["Settings", "SettingsError"]
 _PREFIX = "LINGUAGATE_"
 _TRANSPORTS = ("wire", "aiohttp")
 _BATCHING = ("auto", "on", "off")
+# proxy.compress.numerics.CPU_PRECISIONS (not imported: settings import nothing).
+_CPU_PRECISIONS = ("auto", "fp32", "bf16", "bf16-matmul")
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -93,6 +96,9 @@ class Settings:
     compress_workers: int = 1
     compress_queue: int = 32
     torch_threads: int = 1
+    # The small LM's numerics on a CPU (proxy.compress.numerics): auto = bf16 where the CPU
+    # does bf16 natively (AVX512_BF16 / AMX), else fp32.
+    cpu_precision: str = "auto"
     # Cross-request batching of the small LM's forwards (proxy.compress.batching), auto: on a
     # GPU only. Tokens: padded tokens per forward; the queue counts waiting forwards.
     compress_batching: str = "auto"
@@ -191,6 +197,8 @@ def _check_batching(s: Settings) -> None:
     for url in (s.compressor_url or "").split(","):
         if s.compressor_url is not None and not url.strip().startswith(("http://", "https://")):
             raise SettingsError(f"compressor URLs must start with http:// or https://: {url!r}")
+    if s.cpu_precision not in _CPU_PRECISIONS:
+        raise SettingsError(f"cpu precision must be one of {', '.join(_CPU_PRECISIONS)}")
     if s.compress_batching not in _BATCHING:
         raise SettingsError(f"compress batching must be one of {', '.join(_BATCHING)}")
     if s.compress_batch_tokens < 1 or s.compress_batch_queue < 1 or s.compress_batch_wait_ms < 0:

@@ -94,3 +94,25 @@ def test_serve_does_not_import_other_subcommands() -> None:
 def test_admin_subcommands_registered() -> None:
     _, registered = cli.build_parser("keys")
     assert registered == ["proxy.cli.admin"]
+
+
+def test_serve_banner_says_how_compression_starts(
+    uvicorn_calls: list[tuple[Any, dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "team.toml").write_text(
+        '[tenant]\nname = "team"\nanonymous = true\n\n[compression]\nmode = "enforce"\n'
+    )
+    monkeypatch.setenv("LINGUAGATE_CACHE_DIR", str(tmp_path / "cache"))  # nothing converted
+    argv = ["serve", "--upstream", "http://u/v1", "--policies", str(tmp_path)]
+    assert cli.main([*argv, "--cpu-precision", "fp32"]) == 0
+    err = capsys.readouterr().err
+    assert "on a CPU: fp32 (requested)" in err
+    assert "skipped: compressor_loading" in err and "compressor ready" in err
+    # Where the packaged model is installed, a first start converts it.
+    assert "a first start converts the packaged GGUF" in err or "model is missing" in err
+    (tmp_path / "team.toml").write_text('[tenant]\nname = "team"\nanonymous = true\n')
+    assert cli.main(argv) == 0
+    assert "No policy compresses yet" in capsys.readouterr().err

@@ -309,7 +309,7 @@ def test_service_batches_only_when_it_applies(plain: Compressor) -> None:
         assert on.batch_stats is not None and on.executor.max_workers == 8
         assert on.status == (
             "ok",
-            f"{plain.model_id} (batching: 0 forwards, 0.0 requests each, 0 refused)",
+            f"{plain.model_id} (cpu fp32; batching: 0 forwards, 0.0 requests each, 0 refused)",
         )
     finally:
         auto.close()

@@ -78,3 +78,15 @@ def test_org_key_is_trimmed_and_checked() -> None:
     assert Settings(upstream_api_key="  ").upstream_api_key is None
     with pytest.raises(SettingsError):
         Settings(upstream_api_key="sk-a\r\nx-evil: 1")
+
+
+def test_cpu_precision_flag_env_and_choices() -> None:
+    assert Settings().cpu_precision == "auto"
+    env = {"LINGUAGATE_CPU_PRECISION": "fp32"}
+    assert Settings.from_env(env).cpu_precision == "fp32"
+    assert Settings.from_env(env, cpu_precision="bf16").cpu_precision == "bf16"  # flag wins
+    assert Settings.from_env(Settings(cpu_precision="bf16-matmul").to_env()).cpu_precision == (
+        "bf16-matmul"
+    )
+    with pytest.raises(SettingsError, match="cpu precision"):
+        Settings(cpu_precision="fp16")
