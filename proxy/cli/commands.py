@@ -67,7 +67,10 @@ def _add_serve(sub: Any) -> None:
     serve.add_argument(
         "--redis-url",
         metavar="URL",
-        help="Redis for the shared compression cache (LINGUAGATE_REDIS_URL)",
+        help="Redis shared by replicas (compression cache, ledger): redis://[user:password@]host"
+        ":port/db, rediss://...?ssl_ca_certs=ca.pem&ssl_certfile=c.crt&ssl_keyfile=c.key, "
+        "redis+sentinel://host:26379,host:26380/service, redis+cluster://host:7000,host:7001 "
+        "(LINGUAGATE_REDIS_URL; see the README's deployment section)",
     )
     serve.add_argument(
         "--workers", type=int, metavar="N", help="worker processes (LINGUAGATE_WORKERS, default 1)"
@@ -195,7 +198,11 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["upstream_url"] = local.base_url
     try:
         settings = Settings.from_env(os.environ, **overrides)
-    except SettingsError as exc:
+        if settings.redis_url:
+            from proxy.store.topology import parse_redis_url
+
+            parse_redis_url(settings.redis_url)  # a bad URL stops here, not in the lifespan
+    except (SettingsError, ValueError) as exc:
         print(f"linguagate serve: {exc}", file=sys.stderr)
         if local is not None:
             local.stop()

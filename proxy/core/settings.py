@@ -72,7 +72,9 @@ class Settings:
     upstream_url: str = "https://api.openai.com/v1"
     upstream_api_key: str | None = field(default=None, repr=False)
     policies_dir: Path = Path("policies")
-    redis_url: str | None = None
+    # Any form of proxy.store.topology (redis://, rediss://, redis+sentinel://, redis+cluster://);
+    # out of repr: it may hold an ACL password.
+    redis_url: str | None = field(default=None, repr=False)
     workers: int = 1
     max_body_bytes: int = 32 * 1024 * 1024
     log_level: str = "info"

@@ -96,3 +96,17 @@ def test_report_refuses_a_bad_url_with_the_reason(capsys: pytest.CaptureFixture[
 
     assert main(["report", "--redis-url", "rediss://h?ssl_verify=0"]) == 2
     assert "unknown option(s) ssl_verify" in capsys.readouterr().err
+
+
+def test_serve_refuses_a_bad_url_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.cli.commands import main
+
+    argv = ["serve", "--upstream", "http://127.0.0.1:9/v1", "--redis-url", "redis://a:1,b:2"]
+    assert main(argv) == 2
+    assert "several hosts need redis+sentinel:// or redis+cluster://" in capsys.readouterr().err
+
+
+def test_settings_never_show_the_redis_password() -> None:
+    from proxy.core.settings import Settings
+
+    assert "s3cret" not in repr(Settings(redis_url="rediss://app:s3cret@h:6380/0"))
