@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from proxy.compress.budget import Budget, Fill, Shape, needs_ranking, plan_budget
 from proxy.compress.itpc import Piece, compress_pieces
 from proxy.compress.lm import describe_dtype, load_causal_lm
+from proxy.compress.passages import passages
 from proxy.compress.protect import ProtectRules, apply_rules, demands_keeping
 from proxy.compress.render import fit_budget, render
 from proxy.compress.scoring import Batcher, Encoded, FloatArray, Scorer
@@ -191,13 +192,25 @@ class Compressor:
         if question_aware and question.strip():
             sep = sc.encode("\n\n").ids
             tail = np.concatenate([sep, sc.encode(question + _RESTRICT).ids])
-            # Only the question's tokens go through the output head: documents are context.
+            # A document scores by its best passage (proxy.compress.passages): every
+            # retrieved document names the question's entities, and the sentence that
+            # answers is diluted by the rest of its document.
+            owner: list[int] = []
+            parts: list[np.ndarray] = []
+            for i, u in enumerate(demos):
+                for text in passages(u.text):
+                    parts.append(sc.encode(text).ids)
+                    owner.append(i)
+            # Only the question's tokens go through the output head: passages are context.
             nlls = sc.score(
-                [np.concatenate([e.ids, tail]) for e in encs],
-                skip=[len(e.ids) + len(sep) for e in encs],
+                [np.concatenate([p, tail]) for p in parts],
+                skip=[len(p) + len(sep) for p in parts],
             )
-            # Higher p(question | document) = more relevant = kept first.
-            scores = [-float(np.mean(n)) for n in nlls]
+            # Higher p(question | passage) = more relevant = kept first.
+            scores = [-np.inf] * len(demos)
+            for i, n in zip(owner, nlls, strict=True):
+                scores[i] = max(scores[i], -float(np.mean(n)))
+            scores = [s if np.isfinite(s) else 0.0 for s in scores]
             own = [np.zeros(0, np.float32) for _ in encs]
         else:
             # A prefix estimates a demonstration's perplexity. With no instruction, the first

@@ -39,7 +39,7 @@ from proxy.store.redis import canonical_json
 __all__ = ["ALGO_VERSION", "Plan", "Unit", "plan_units", "ranks_by_question"]
 
 # Bump when compressor output for the same inputs changes: old cache entries then miss.
-ALGO_VERSION = "lingua-2"  # 2: rank fill, shape-class padding
+ALGO_VERSION = "lingua-3"  # 2: rank fill, shape-class padding; 3: passage ranking
 _RATE_GRID = 0.02
 _MIN_RATE = 0.02
 
