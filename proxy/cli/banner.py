@@ -21,11 +21,11 @@ from proxy.core.settings import Settings
 __all__ = ["compression_banner"]
 
 # Measured (bench/RESULTS.md, "CPU numerics"): converting the GGUF (dequantising every
-# tensor) took 17 s on 2 Xeon cores, up to a minute on older 2-core machines; loading the
-# converted folder 0.3-0.7 s.
+# tensor) took 17 s on 2 Xeon cores, up to a minute on older 2-core machines; a later start
+# took 4.6 s from `serve` to `compressor ready` (importing torch and transformers included).
 _CONVERT = ("tens of seconds, up to a minute (a first start converts the packaged GGUF "
             "into {folder})")
-_LOAD = "about a second"
+_LOAD = "a few seconds"
 
 
 def _load_time(settings: Settings) -> str:
