@@ -54,6 +54,11 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument(
+        "--cpu-precision", choices=["auto", "fp32", "bf16", "bf16-matmul"], default="auto",
+        help="numerics on a CPU, as `serve --cpu-precision` (default auto, as the proxy: bf16 "
+        "where the CPU does it natively)",
+    )
+    parser.add_argument(
         "--stats", action="store_true", help="print a JSON line of token counts on stderr"
     )
     parser.set_defaults(func=_run)
@@ -103,7 +108,9 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"linguagate compress: {exc}", file=sys.stderr)
         return 2
-    out, stats = _compress_body(raw, body, model, settings, args.model, args.device)
+    out, stats = _compress_body(
+        raw, body, model, settings, args.model, args.device, args.cpu_precision
+    )
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.flush()
     if args.stats:
@@ -118,6 +125,7 @@ def _compress_body(
     settings: _Settings,
     lm: str | None,
     device: str | None,
+    cpu_precision: str = "auto",
 ) -> tuple[bytes, dict[str, Any]]:
     from proxy.compress import Compressor, ProtectRules
     from proxy.compression.messages import compressor_inputs, replacements_for, split_chat
@@ -130,7 +138,7 @@ def _compress_body(
     fields["regexes"] = (*fields.get("regexes", ()), *components.protect_regexes)
     protect = ProtectRules(**fields)
     started = time.perf_counter()
-    compressor = Compressor(lm, device)
+    compressor = Compressor(lm, device, cpu_precision=cpu_precision)
     load_ms = (time.perf_counter() - started) * 1000.0
     result = compressor.compress(
         inputs.instruction,
@@ -150,6 +158,7 @@ def _compress_body(
     out = replace_strings(raw, replacements) if replacements else raw
     stats = {
         "model_id": compressor.model_id,
+        "numerics": compressor.numerics,
         "requested_rate": settings.rate,
         "original_tokens": result.original_tokens,
         "compressed_tokens": result.compressed_tokens,

@@ -71,6 +71,8 @@ def test_compresses_messages_and_keeps_every_other_byte(
     assert stats["compressed_tokens"] < stats["original_tokens"]
     assert {"instruction", "demonstrations", "question"} <= set(stats["component_tokens"])
     assert stats["mapping"].startswith("instruction=1; context=3; question=1; rules=")
+    # auto, as the proxy: what this host's CPU does natively, named in the id when not fp32
+    assert stats["numerics"].startswith("cpu ") and "(auto: " in stats["numerics"]
 
 
 def test_policy_file_settings_apply(
