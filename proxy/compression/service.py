@@ -191,7 +191,7 @@ class CompressorService:
         device = str(getattr(engine.device, "type", engine.device))
         if not self._batching.applies(device):
             return engine
-        if str(getattr(engine, "numerics", "")).startswith("cpu bf16"):
+        if str(getattr(engine, "numerics", "")).split()[:2] == ["cpu", "bf16"]:
             # oneDNN's bf16 kernels pick their blocking by row count: a request's bytes would
             # depend on who shares its forwards (measured; fp32 rows are batch-invariant).
             _log.warning("compress batching on a CPU in bf16: outputs depend on the batch; "
