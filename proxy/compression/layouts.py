@@ -562,7 +562,9 @@ def json_documents(text: str) -> list[tuple[int, int]]:
         elif tok.startswith('"'):
             value = prev == ":" and len(stack) >= 2 and stack[-1] == "{" and stack[-2] == "["
             inner = (m.start() + 1, m.end() - 1)
-            if value and "\\" not in tok and _words(text, *inner) >= _MIN_CONTEXT_WORDS:
+            # Whitespace words: a link or a code counts as one (they are not prose).
+            long = len(text[inner[0] : inner[1]].split()) >= _MIN_CONTEXT_WORDS
+            if value and "\\" not in tok and long:
                 if (t := _trim(text, *inner)) is not None:
                     spans.append(t)
         prev = tok if not tok.startswith('"') else '"'

@@ -99,6 +99,9 @@ def test_json_retrieval_results_compress_values_and_stay_valid_json() -> None:
     assert json_documents('{"temp": 21, "unit": "C"}') == []
     escaped = json.dumps([{"content": "a \"quoted\" " + "word " * 20}] * 2)
     assert json_documents(escaped) == []
+    value = "see https://a.example.com/x/y/z?q=1 and b c d"
+    rows = json.dumps([{"k": i, "v": value} for i in (1, 2)])
+    assert json_documents(rows) == []  # short values of a data table: not documents
 
 
 def _spans(text: str, kind: str) -> list[str]:
