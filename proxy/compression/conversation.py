@@ -44,16 +44,23 @@ class Conversation:
         return cls(items, chat, message_chain(items, ""), seed)
 
     def message_tokens(self, components: ChatComponents,
-                       replacements: Mapping[Path, str] | None = None) -> list[int]:
+                       replacements: Mapping[Path, str] | None = None,
+                       memo: dict[str, int] | None = None) -> list[int]:
         """Prompt tokens per message: framing, text (as forwarded with ``replacements``) and
-        the non-text payload (tool calls, names) that the model also reads."""
+        the non-text payload (tool calls, names) that the model also reads. ``memo`` keeps
+        counts across calls for one request (the original, frozen and forwarded prompts
+        share most of their texts)."""
         model = components.model
         edits = replacements or {}
+        seen = memo if memo is not None else {}
         counts = [FRAMING_TOKENS] * len(self.messages)
         for path, text in components.texts.items():
             index = message_index(path)
             if index < len(counts):
-                counts[index] += count_tokens(edits.get(path, text), model)
+                sent = edits.get(path, text)
+                if sent not in seen:
+                    seen[sent] = count_tokens(sent, model)
+                counts[index] += seen[sent]
         if self.chat:
             for index, message in enumerate(self.messages):
                 if isinstance(message, dict):

@@ -258,15 +258,18 @@ class CompressionStep:
         if not policy.applies_to(components.model):
             return _Decision("skipped", "model_not_in_policy")
         shadow = policy.mode == "shadow"
-        conv = Conversation.of(body)
+        # Hashing and counting are linear in the body: off the loop for big ones.
+        conv = await off_loop(len(raw), lambda: Conversation.of(body))
         if not conv.messages:
             return _Decision("skipped", "nothing_to_compress")
         forms = PrefixForms(self._cache, tenant.name, shadow=shadow)
         frozen_count, frozen = await forms.frozen(conv.chain, chat=conv.chat)
         sides = _CacheSides(self._cache, tenant.name, shadow, self._provider_cache_ttl_s)
+        memo: dict[str, int] = {}
         orig_tokens, frozen_tokens = await off_loop(len(raw), lambda: (
-            conv.message_tokens(components), conv.message_tokens(components, frozen)))
-        direct = conv.boundaries(conv.messages, orig_tokens)
+            conv.message_tokens(components, memo=memo),
+            conv.message_tokens(components, frozen, memo)))
+        direct = await off_loop(len(raw), lambda: conv.boundaries(conv.messages, orig_tokens))
         direct_cached = cached_tokens(await sides.direct.lookup(direct), direct[-1].tokens)
         # A prompt the provider would cache for the direct client must not be compressed
         # below the provider's caching threshold: its later turns would lose the discount.
@@ -284,8 +287,9 @@ class CompressionStep:
         await forms.store(conv.chain, frozen_count, fresh.replacements)
         replacements = {**frozen, **fresh.replacements}
         sent_tokens = (await off_loop(len(raw), lambda: conv.message_tokens(
-            components, replacements)) if replacements else orig_tokens)
-        sent = conv.boundaries(conv.forwarded(replacements), sent_tokens)
+            components, replacements, memo)) if replacements else orig_tokens)
+        sent = await off_loop(len(raw), lambda: conv.boundaries(conv.forwarded(replacements),
+                                                                sent_tokens))
         estimate = CacheEstimate(
             direct_prompt=direct[-1].tokens + REPLY_TOKENS, direct_cached=direct_cached,
             sent_prompt=sent[-1].tokens + REPLY_TOKENS,
