@@ -29,7 +29,6 @@ from transformers import DynamicCache
 from proxy.compress.batching import Job, chunk_by_cost
 
 
-
 class Scorer(Protocol):
     """What the forward passes need of `proxy.compress.scoring.Scorer` (defined there, above
     this module: the scorer builds jobs, this module runs them)."""
