@@ -17,14 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.core.errors import NotFound, ProxyError, error_response
 from proxy.dashboard import dashboard_routes
-from proxy.gateway.intake import (
-    authenticate,
-    check_path,
-    forward_request,
-    read_body,
-    request_id_for,
-    started_at,
-)
+from proxy.gateway.intake import admit, forward_request, request_id_for, started_at
 from proxy.gateway.pipeline import chat_completions, parse_completion_body
 from proxy.gateway.state import ComponentStatus, Services
 from proxy.gateway.streaming import UpstreamRelay
@@ -57,9 +50,7 @@ async def _passthrough(request: Request) -> Response | UpstreamRelay:
     request_id = request_id_for(request)
     snapshot = services.policies.current
     try:
-        check_path(request)
-        tenant = authenticate(request, snapshot)
-        raw = await read_body(request, services.settings.max_body_bytes)
+        tenant, raw = await admit(request, snapshot, services.settings.max_body_bytes)
     except ProxyError as exc:
         return error_response(exc, request_id)
     forward = forward_request(

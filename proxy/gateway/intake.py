@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from proxy.accounting.ledger import UsageRecord
 
 __all__ = [
+    "admit",
     "authenticate",
     "check_path",
     "forward_request",
@@ -95,6 +96,15 @@ def check_path(request: Request) -> None:
         if decoded == path:
             return
         path = decoded
+
+
+async def admit(request: Request, snapshot: PolicySnapshot, max_body_bytes: int
+                ) -> tuple[Tenant, bytes]:
+    """Every `/v1` request's admission, in this order: a path that stays under the base
+    path, a known key, a body within the limit. Raises `ProxyError` (an OpenAI-shaped 4xx)."""
+    check_path(request)
+    tenant = authenticate(request, snapshot)
+    return tenant, await read_body(request, max_body_bytes)
 
 
 def _raw_path(scope: Scope) -> str:

@@ -21,14 +21,7 @@ from starlette.responses import Response
 from proxy.compression.transform import ChatTransform, PipelineOutcome
 from proxy.core.errors import InvalidParameter, ProxyError, error_response
 from proxy.core.offload import off_loop
-from proxy.gateway.intake import (
-    authenticate,
-    check_path,
-    forward_request,
-    read_body,
-    request_id_for,
-    started_at,
-)
+from proxy.gateway.intake import admit, forward_request, request_id_for, started_at
 from proxy.gateway.jsonbody import load_json_object
 from proxy.gateway.streaming import UpstreamRelay
 from proxy.policy.model import Tenant
@@ -125,9 +118,7 @@ async def chat_completions(
     request_id = request_id_for(request)
     snapshot = services.policies.current
     try:
-        check_path(request)
-        tenant = authenticate(request, snapshot)
-        raw = await read_body(request, services.settings.max_body_bytes)
+        tenant, raw = await admit(request, snapshot, services.settings.max_body_bytes)
         body = await off_loop(len(raw), lambda: parse(raw))
         outcome = await _compression_step(
             services.chat_transform, raw, body, tenant, request.headers, request_id
