@@ -16,7 +16,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from proxy.store.clients import SharedRedis
 from proxy.store.redis import (
@@ -29,7 +29,10 @@ from proxy.store.redis import (
     tenant_namespace,
 )
 
-__all__ = ["CompressionCache", "MemoryCache", "RedisCache", "cache_key"]
+__all__ = ["CompressionCache", "MemoryCache", "RedisCache", "TtlGroup", "cache_key"]
+
+# Entries to write and their TTL in seconds (None: the cache's own).
+TtlGroup: TypeAlias = tuple[Mapping[str, str], float | None]
 
 
 def cache_key(
@@ -68,6 +71,8 @@ class CompressionCache(Protocol):
     async def get_many(self, keys: Sequence[str]) -> list[str | None]: ...
     # ``ttl_s`` overrides the cache's own TTL for these entries (None: the cache's).
     async def set_many(self, items: Mapping[str, str], ttl_s: float | None = None) -> None: ...
+    # Several ``set_many`` (entries, TTL) at once: one round trip on Redis.
+    async def set_groups(self, groups: Sequence[TtlGroup]) -> None: ...
     def status(self) -> BackendStatus: ...
     async def close(self) -> None: ...
 
@@ -123,6 +128,10 @@ class MemoryCache:
     async def set_many(self, items: Mapping[str, str], ttl_s: float | None = None) -> None:
         for key, value in items.items():
             await self.set(key, value, ttl_s)
+
+    async def set_groups(self, groups: Sequence[TtlGroup]) -> None:
+        for items, ttl_s in groups:
+            await self.set_many(items, ttl_s)
 
     def _drop(self, key: str) -> None:
         _value, _expires, size = self._entries.pop(key)
@@ -186,13 +195,19 @@ class RedisCache:
         return [_decode(value) for value in raw]
 
     async def set_many(self, items: Mapping[str, str], ttl_s: float | None = None) -> None:
-        if not items:
+        await self.set_groups([(items, ttl_s)])
+
+    async def set_groups(self, groups: Sequence[TtlGroup]) -> None:
+        """Every group's ``SET key value EX ttl`` in one non-transactional pipeline (on a
+        cluster, one pipeline per node)."""
+        writes = [(key, value, max(1, int(ttl_s)) if ttl_s is not None else self.ttl_s)
+                  for items, ttl_s in groups for key, value in items.items()]
+        if not writes:
             return
-        ex = max(1, int(ttl_s)) if ttl_s is not None else self.ttl_s
 
         async def _write() -> None:
             async with self._redis.client.pipeline(transaction=False) as pipe:
-                for key, value in items.items():
+                for key, value, ex in writes:
                     pipe.set(key, value.encode("utf-8", "surrogatepass"), ex=ex)
                 await pipe.execute()
 

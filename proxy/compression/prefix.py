@@ -96,12 +96,14 @@ class PrefixForms:
     def _key(self, chain_hash: str) -> str:
         return self._prefix + chain_hash
 
-    async def frozen(self, chain: Chain, *, chat: bool) -> tuple[int, dict[Path, str]]:
-        """``(k, replacements)``: the first ``k`` messages have stored forms, and
-        ``replacements`` re-creates them (full new strings per text path)."""
-        if not chain.hashes:
-            return 0, {}
-        raw = await self._cache.get_many([self._key(h) for h in chain.hashes])
+    def keys(self, chain: Chain) -> list[str]:
+        """The keys ``frozen`` reads, to fetch beside other keys in one round trip."""
+        return [self._key(h) for h in chain.hashes]
+
+    @staticmethod
+    def read(raw: Sequence[str | None], *, chat: bool) -> tuple[int, dict[Path, str]]:
+        """``(k, replacements)`` from the values of ``keys(chain)``: the first ``k`` messages
+        have stored forms, and ``replacements`` re-creates them (full new strings per path)."""
         replacements: dict[Path, str] = {}
         for index, value in enumerate(raw):
             form = _decode_form(value)
@@ -109,22 +111,31 @@ class PrefixForms:
                 return index, replacements
             for suffix, text in form:
                 replacements[_join_path(index, suffix, chat)] = text
-        return len(chain.hashes), replacements
+        return len(raw), replacements
 
-    async def store(self, chain: Chain, start: int, forwarded: Mapping[Path, str]) -> None:
-        """Store the forms of messages ``start..`` as forwarded (``forwarded``: the request's
-        replacements; a message without any went as it was)."""
+    async def frozen(self, chain: Chain, *, chat: bool) -> tuple[int, dict[Path, str]]:
+        """``read`` of this chain's stored forms (one round trip of its own)."""
+        if not chain.hashes:
+            return 0, {}
+        return self.read(await self._cache.get_many(self.keys(chain)), chat=chat)
+
+    def items(self, chain: Chain, start: int, forwarded: Mapping[Path, str]) -> dict[str, str]:
+        """The entries that store the forms of messages ``start..`` as forwarded
+        (``forwarded``: the request's replacements; a message without any went as it was)."""
         per_message: dict[int, list[list[Any]]] = {i: [] for i in range(start, len(chain))}
         for path, text in forwarded.items():
             index, suffix = _split_path(path)
             if index in per_message:
                 per_message[index].append([suffix, text])
-        items = {
+        return {
             self._key(chain.hashes[i]): json.dumps({"v": _FORM_VERSION, "t": form},
                                                    ensure_ascii=False)
             for i, form in per_message.items()
         }
-        await self._cache.set_many(items)
+
+    async def store(self, chain: Chain, start: int, forwarded: Mapping[Path, str]) -> None:
+        """Write ``items(chain, start, forwarded)`` (one round trip of its own)."""
+        await self._cache.set_many(self.items(chain, start, forwarded))
 
 
 def _decode_form(raw: str | None) -> list[tuple[list[str | int], str]] | None:

@@ -69,19 +69,35 @@ class PromptCacheModel:
         self._prefix = f"{tenant_namespace(tenant)}:pc:{side}:"
         self._ttl_s = ttl_s
 
-    def _keys(self, boundaries: Sequence[Boundary]) -> list[str]:
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl_s
+
+    def keys(self, boundaries: Sequence[Boundary]) -> list[str]:
+        """One key per boundary: what ``lookup`` reads and ``mark`` writes."""
         return [self._prefix + hashlib.sha256(b.chain_hash.encode()).hexdigest()[:32]
                 for b in boundaries]
+
+    @staticmethod
+    def longest(boundaries: Sequence[Boundary], seen: Sequence[str | None]) -> int:
+        """Tokens of the longest prefix seen, from the values of ``keys(boundaries)``."""
+        return max((b.tokens for b, s in zip(boundaries, seen, strict=True) if s), default=0)
+
+    def marks(self, boundaries: Sequence[Boundary]) -> dict[str, str]:
+        """The entries that remember this prompt's prefixes, written with ``ttl_s`` (none
+        below 1,024 tokens: a provider caches no shorter prompt)."""
+        if boundaries and boundaries[-1].tokens + REPLY_TOKENS >= MIN_CACHED_TOKENS:
+            return dict.fromkeys(self.keys(boundaries), "1")
+        return {}
 
     async def lookup(self, boundaries: Sequence[Boundary]) -> int:
         """Tokens of the longest prefix of this prompt seen within the TTL (0: none)."""
         if not boundaries:
             return 0
-        seen = await self._cache.get_many(self._keys(boundaries))
-        return max((b.tokens for b, s in zip(boundaries, seen, strict=True) if s), default=0)
+        return self.longest(boundaries, await self._cache.get_many(self.keys(boundaries)))
 
     async def mark(self, boundaries: Sequence[Boundary]) -> None:
-        """Remember this prompt's prefixes (a provider caches prompts of 1,024+ tokens only)."""
-        if boundaries and boundaries[-1].tokens + REPLY_TOKENS >= MIN_CACHED_TOKENS:
-            await self._cache.set_many(dict.fromkeys(self._keys(boundaries), "1"),
-                                       ttl_s=self._ttl_s)
+        """Remember this prompt's prefixes (one round trip of its own)."""
+        items = self.marks(boundaries)
+        if items:
+            await self._cache.set_many(items, ttl_s=self._ttl_s)

@@ -45,6 +45,7 @@ from proxy.compression.provider_cache import (
     CACHE_STEP_TOKENS,
     MIN_CACHED_TOKENS,
     REPLY_TOKENS,
+    Boundary,
     PromptCacheModel,
     cached_tokens,
 )
@@ -263,14 +264,24 @@ class CompressionStep:
         if not conv.messages:
             return _Decision("skipped", "nothing_to_compress")
         forms = PrefixForms(self._cache, tenant.name, shadow=shadow)
-        frozen_count, frozen = await forms.frozen(conv.chain, chat=conv.chat)
         sides = _CacheSides(self._cache, tenant.name, shadow, self._provider_cache_ttl_s)
         memo: dict[str, int] = {}
-        orig_tokens, frozen_tokens = await off_loop(len(raw), lambda: (
-            conv.message_tokens(components, memo=memo),
-            conv.message_tokens(components, frozen, memo)))
-        direct = await off_loop(len(raw), lambda: conv.boundaries(conv.messages, orig_tokens))
-        direct_cached = cached_tokens(await sides.direct.lookup(direct), direct[-1].tokens)
+
+        def direct_prompt() -> tuple[list[int], list[Boundary]]:
+            tokens = conv.message_tokens(components, memo=memo)
+            return tokens, conv.boundaries(conv.messages, tokens)
+
+        orig_tokens, direct = await off_loop(len(raw), direct_prompt)
+        # One round trip reads both the stored forms and what the provider has seen of the
+        # original prompt: every Redis call of a warm request is latency (and, on a cluster,
+        # one command per slot).
+        form_keys, direct_keys = forms.keys(conv.chain), sides.direct.keys(direct)
+        found = await self._cache.get_many([*form_keys, *direct_keys])
+        frozen_count, frozen = PrefixForms.read(found[:len(form_keys)], chat=conv.chat)
+        direct_cached = cached_tokens(sides.direct.longest(direct, found[len(form_keys):]),
+                                      direct[-1].tokens)
+        frozen_tokens = (await off_loop(len(raw), lambda: conv.message_tokens(
+            components, frozen, memo)) if frozen else orig_tokens)
         # A prompt the provider would cache for the direct client must not be compressed
         # below the provider's caching threshold: its later turns would lose the discount.
         floor = (MIN_CACHED_TOKENS + CACHE_STEP_TOKENS
@@ -284,18 +295,22 @@ class CompressionStep:
             raw, fresh_items, tenant, policy, override, original,
             floor=floor,
             other=sum(frozen_tokens[:frozen_count]) + sum(orig_tokens[frozen_count:]))
-        await forms.store(conv.chain, frozen_count, fresh.replacements)
         replacements = {**frozen, **fresh.replacements}
         sent_tokens = (await off_loop(len(raw), lambda: conv.message_tokens(
             components, replacements, memo)) if replacements else orig_tokens)
         sent = await off_loop(len(raw), lambda: conv.boundaries(conv.forwarded(replacements),
                                                                 sent_tokens))
+        sent_seen = sides.sent.longest(sent, await self._cache.get_many(sides.sent.keys(sent)))
         estimate = CacheEstimate(
             direct_prompt=direct[-1].tokens + REPLY_TOKENS, direct_cached=direct_cached,
             sent_prompt=sent[-1].tokens + REPLY_TOKENS,
-            sent_cached=cached_tokens(await sides.sent.lookup(sent), sent[-1].tokens))
-        await sides.direct.mark(direct)
-        await sides.sent.mark(sent)
+            sent_cached=cached_tokens(sent_seen, sent[-1].tokens))
+        # The new messages' forms and both prompts' prefixes, in one pipeline.
+        await self._cache.set_groups([
+            (forms.items(conv.chain, frozen_count, fresh.replacements), None),
+            (sides.direct.marks(direct), sides.direct.ttl_s),
+            (sides.sent.marks(sent), sides.sent.ttl_s),
+        ])
         reason = fresh.reason or ("out_of_distribution" if fresh.ood else None)
         if reason == "nothing_to_compress" and frozen_count == len(conv.messages):
             reason = "frozen_prefix"  # every message goes exactly as an earlier turn sent it

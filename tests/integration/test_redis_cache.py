@@ -51,6 +51,24 @@ async def test_get_many_set_many(redis_url: str, raw: aioredis.Redis) -> None:
     await cache.close()
 
 
+async def test_set_groups_writes_each_group_with_its_ttl(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    cache = RedisCache.from_url(redis_url, FAST)
+    assert await cache.ping()  # the connection's hand-shake out of the count below
+
+    async def commands() -> int:
+        return int((await raw.info("stats"))["total_commands_processed"])
+
+    before = await commands()
+    await cache.set_groups([({"g:a": "1", "g:b": "2"}, None), ({}, 5.0), ({"g:c": "3"}, 3600.0)])
+    await cache.set_groups([({}, None)])  # nothing to write: nothing sent
+    assert await commands() - before == 3 + 1  # the three SETs, and the first INFO
+    assert await cache.get_many(["g:a", "g:b", "g:c"]) == ["1", "2", "3"]
+    assert 0 < await raw.ttl("g:a") <= 60 and 60 < await raw.ttl("g:c") <= 3600
+    await cache.close()
+
+
 async def test_saturated_pool_is_a_miss_not_an_outage(redis_url: str) -> None:
     settings = RedisSettings(
         socket_timeout_s=2.0, connect_timeout_s=1.0, pool_timeout_s=0.05, max_connections=1
