@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.compression.messages import ChatComponents, Path
-from proxy.compression.prefix import Chain, message_chain, message_index
+from proxy.compression.prefix import Chain, message_chain, message_index, slot_tag
 from proxy.compression.provider_cache import FRAMING_TOKENS, Boundary
 from proxy.core.tokens import count_tokens
 
@@ -93,9 +93,11 @@ class Conversation:
     def boundaries(self, messages: Sequence[Any], tokens: Sequence[int]) -> list[Boundary]:
         """Message boundaries of a prompt for the provider-cache model."""
         chain = message_chain(messages, self.cache_seed)
+        # The forms' chain of the same messages names the slots: marks and forms together.
+        forms = self.chain if messages is self.messages else message_chain(messages[:2], "")
         out: list[Boundary] = []
         total = 0
-        for chain_hash, count in zip(chain.hashes, tokens, strict=True):
+        for index, (chain_hash, count) in enumerate(zip(chain.hashes, tokens, strict=True)):
             total += count
-            out.append(Boundary(chain_hash, total))
+            out.append(Boundary(chain_hash, total, slot_tag(forms, index)))
         return out

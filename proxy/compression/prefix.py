@@ -19,8 +19,9 @@ A conversation that forks (two different turn 3s) shares the forms of its common
 edited earlier message changes every chain hash from that message on, so the conversation
 starts a new prefix there. Forms live in the compression cache (Redis when configured, so
 replicas and restarts agree; the in-process LRU otherwise), with its TTL, under
-``lg:v1:<tenant digest>:pfx:<chain hash>`` (``pfxs`` for shadow mode, whose forms were never
-sent and must not mix with real ones). Key names hold digests only.
+``lg:v1:<tenant digest>:pfx:{<slot tag>}:<chain hash>`` (``pfxs`` for shadow mode, whose forms
+were never sent and must not mix with real ones; ``slot_tag``: two cluster slots per
+conversation). Key names hold digests only.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from proxy.compression.cache import CompressionCache
 from proxy.compression.messages import Path
 from proxy.store.redis import tenant_namespace
 
-__all__ = ["Chain", "PrefixForms", "message_chain", "message_index"]
+__all__ = ["Chain", "PrefixForms", "message_chain", "message_index", "slot_tag"]
 
 _log = logging.getLogger("linguagate.prefix")
 _FORM_VERSION = 1
@@ -69,6 +70,20 @@ def message_chain(messages: Sequence[Any], seed: str) -> Chain:
     return Chain(tuple(out))
 
 
+def slot_tag(chain: Chain, index: int) -> str:
+    """The Redis Cluster hash tag of message ``index``'s keys: the chain hash of messages
+    ``0..min(index, 1)``.
+
+    One conversation's keys then fall in two slots (its first message's, shared by every
+    conversation with that system prompt, and its own from the second message on), so a
+    request's MGET is two commands on a cluster instead of one per message. The tag depends
+    only on messages ``0..index``, like the key itself: every request that reaches a key
+    computes the same name. Tagging the first message's key by the conversation instead
+    would split a shared system prompt's form per conversation.
+    """
+    return "{" + chain.hashes[min(index, 1)][:16] + "}"
+
+
 def message_index(path: Path) -> int:
     """The message a text path belongs to (a ``/v1/completions`` prompt is message 0)."""
     if len(path) >= 2 and path[0] == "messages" and isinstance(path[1], int):
@@ -93,12 +108,12 @@ class PrefixForms:
         self._cache = cache
         self._prefix = f"{tenant_namespace(tenant)}:{'pfxs' if shadow else 'pfx'}:"
 
-    def _key(self, chain_hash: str) -> str:
-        return self._prefix + chain_hash
+    def _key(self, chain: Chain, index: int) -> str:
+        return f"{self._prefix}{slot_tag(chain, index)}:{chain.hashes[index]}"
 
     def keys(self, chain: Chain) -> list[str]:
         """The keys ``frozen`` reads, to fetch beside other keys in one round trip."""
-        return [self._key(h) for h in chain.hashes]
+        return [self._key(chain, i) for i in range(len(chain))]
 
     @staticmethod
     def read(raw: Sequence[str | None], *, chat: bool) -> tuple[int, dict[Path, str]]:
@@ -128,7 +143,7 @@ class PrefixForms:
             if index in per_message:
                 per_message[index].append([suffix, text])
         return {
-            self._key(chain.hashes[i]): json.dumps({"v": _FORM_VERSION, "t": form},
+            self._key(chain, i): json.dumps({"v": _FORM_VERSION, "t": form},
                                                    ensure_ascii=False)
             for i, form in per_message.items()
         }

@@ -51,6 +51,9 @@ class Boundary:
 
     chain_hash: str
     tokens: int
+    # Redis Cluster hash tag (``prefix.slot_tag`` of the same messages): a prompt's marks
+    # share the slots of its forms.
+    tag: str = ""
 
 
 def cached_tokens(common: int, total: int) -> int:
@@ -75,7 +78,7 @@ class PromptCacheModel:
 
     def keys(self, boundaries: Sequence[Boundary]) -> list[str]:
         """One key per boundary: what ``lookup`` reads and ``mark`` writes."""
-        return [self._prefix + hashlib.sha256(b.chain_hash.encode()).hexdigest()[:32]
+        return [f"{self._prefix}{b.tag}:{hashlib.sha256(b.chain_hash.encode()).hexdigest()[:32]}"
                 for b in boundaries]
 
     @staticmethod

@@ -77,3 +77,29 @@ async def test_the_proxy_estimate_matches_the_fake_providers_cache() -> None:
         estimate = cached_tokens(await model.lookup(boundaries), totals[-1] + 3)
         await model.mark(boundaries)
         assert abs(estimate - billed) <= 128, (turn, estimate, billed)
+
+
+def test_a_conversations_keys_share_two_cluster_slots() -> None:
+    from redis.crc import key_slot
+
+    from proxy.compression.conversation import Conversation
+
+    def first_read(messages: list[dict[str, str]]) -> list[str]:
+        conv = Conversation.of({"model": "gpt-4o", "messages": messages})
+        forms = PrefixForms(MemoryCache(), "t1")
+        marks = PromptCacheModel(MemoryCache(), "t1", "direct", ttl_s=60)
+        boundaries = conv.boundaries(conv.messages, [10] * len(conv.messages))
+        return forms.keys(conv.chain) + marks.keys(boundaries)
+
+    system = {"role": "system", "content": "Shared system prompt."}
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"}
+             for i in range(9)]
+    a = first_read([system, *turns])
+    # One MGET of 20 keys is two commands on a cluster, not twenty.
+    assert len({key_slot(k.encode()) for k in a}) == 2
+    # A later turn names its earlier messages' keys exactly as before (the tag depends only
+    # on messages 0..i), and another conversation shares only the system prompt's keys.
+    longer = first_read([system, *turns, {"role": "user", "content": "more"}])
+    assert set(a) < set(longer)
+    other = first_read([system, {"role": "user", "content": "another conversation"}])
+    assert set(a) & set(other) == {other[0], other[2]}
