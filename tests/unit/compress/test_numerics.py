@@ -39,9 +39,28 @@ def test_auto_picks_bf16_only_where_the_cpu_does_it_natively(flags: str, native:
 
 
 def test_no_cpuinfo_or_another_architecture_keeps_fp32(tmp_path: Path) -> None:
-    assert read_cpu_features(tmp_path / "missing") == CpuFeatures()
+    assert read_cpu_features(tmp_path / "missing", environ={}) == CpuFeatures()
     arm = "processor\t: 0\nFeatures\t: fp asimd bf16 sve\n"  # aarch64 spells it differently
     assert choose_numerics("auto", CpuFeatures.parse(arm)).name == "fp32"
+
+
+@pytest.mark.parametrize(("cap", "native"), [
+    ("AVX512_CORE_VNNI", False), ("avx2", False), ("AVX512_CORE_AMX", True), ("ALL", True),
+    ("AVX512_CORE_TYPO", False),  # an unknown cap is not trusted
+])
+def test_a_onednn_isa_cap_below_bf16_makes_auto_keep_fp32(
+    tmp_path: Path, cap: str, native: bool
+) -> None:
+    # oneDNN then runs emulated bf16 kernels whatever the CPU has (bench/RESULTS.md,
+    # "CPU numerics": 4.4x slower than fp32 at AVX512_CORE_VNNI on an AMX machine).
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(_cpuinfo(SAPPHIRE_RAPIDS))
+    features = read_cpu_features(cpuinfo, environ={"ONEDNN_MAX_CPU_ISA": cap})
+    chosen = choose_numerics("auto", features)
+    assert chosen.name == ("bf16" if native else "fp32")
+    assert f"oneDNN capped at {cap.lower()}" in chosen.reason
+    assert read_cpu_features(cpuinfo, environ={"DNNL_MAX_CPU_ISA": cap}) == features
+    assert read_cpu_features(cpuinfo, environ={}).native_bf16
 
 
 def test_operator_overrides_win_and_say_when_bf16_is_emulated() -> None:
