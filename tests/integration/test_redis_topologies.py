@@ -1,13 +1,15 @@
 """Two proxy replicas share a real Redis Cluster, a Sentinel-managed primary, or a TLS server
 with an ACL user, through the real openai SDK: shared cache hits, exact ledger totals, and a
 primary killed and replaced while requests flow (none may fail); a conversation's
-prefix-stable forms identical from either replica.
+prefix-stable forms identical from either replica. The cluster and the Sentinel topology
+also over TLS only (``rediss+cluster://``, ``rediss+sentinel://``; no failover there).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ from tests.support.compression import (
     open_compression_stack,
 )
 from tests.support.redis_topologies import (
+    Node,
     redis_has_tls,
     start_cluster,
     start_sentinel,
@@ -267,11 +270,75 @@ def test_sentinel_failover_two_replicas(
         sentinel.stop()
 
 
+def require_tls() -> None:
+    if not redis_has_tls():
+        pytest.skip("this redis-server was built without TLS (redis-server --tls-port fails)")
+
+
+def assert_tls_only(node: Node) -> None:
+    """The node's port does not answer a plaintext PING (its TLS layer waits for a handshake
+    or drops the connection): the proxy really spoke TLS to it."""
+    with socket.create_connection(("127.0.0.1", node.port), timeout=0.5) as plain:
+        plain.sendall(b"PING\r\n")
+        try:
+            answer = plain.recv(64)
+        except OSError:  # the timeout, or a reset
+            answer = b""
+    assert b"PONG" not in answer, answer
+
+
+def test_tls_cluster_two_replicas(
+    replicas: Callable[[str], list[CompressionStack]], tmp_path: Path
+) -> None:
+    """``rediss+cluster://``: 3 primaries with a replica each on TLS ports only, the cluster
+    bus and replication over TLS, client certificates required."""
+    require_tls()
+    cluster = start_cluster(tmp_path / "cluster", tls=True)
+    try:
+        assert cluster.url.startswith("rediss+cluster://")
+        assert_tls_only(cluster.nodes[0])
+        stacks = replicas(cluster.url)
+        tally = Tally()
+        warm_and_share(stacks, tally)
+        assert_forms_shared(stacks, tally)
+        primaries = sorted(a for a, role in cluster.roles().items() if role == "master")
+        assert len(primaries) == 3
+        for stack in stacks:
+            assert readyz(stack) == {"status": "ok", "mode": "cluster",
+                                     "primaries": primaries, "replicas": 3}
+        assert_ledger_exact(cluster.url, tally)
+    finally:
+        cluster.stop()
+
+
+def test_tls_sentinel_two_replicas(
+    replicas: Callable[[str], list[CompressionStack]], tmp_path: Path
+) -> None:
+    """``rediss+sentinel://``: a primary, a replica syncing over TLS and three sentinels on
+    TLS ports (TLS to the data nodes and to each other), client certificates required."""
+    require_tls()
+    sentinel = start_sentinel(tmp_path / "sentinel", tls=True)
+    try:
+        assert sentinel.url.startswith("rediss+sentinel://")
+        assert_tls_only(sentinel.sentinels[0])
+        assert_tls_only(sentinel.primary)
+        stacks = replicas(sentinel.url)
+        tally = Tally()
+        warm_and_share(stacks, tally)
+        assert_forms_shared(stacks, tally)
+        for stack in stacks:
+            assert readyz(stack) == {"status": "ok", "mode": "sentinel",
+                                     "service": sentinel.service,
+                                     "primary": sentinel.primary.address, "replicas": 1}
+        assert_ledger_exact(sentinel.url, tally)
+    finally:
+        sentinel.stop()
+
+
 def test_tls_with_acl_user_and_client_certificate(
     replicas: Callable[[str], list[CompressionStack]], tmp_path: Path
 ) -> None:
-    if not redis_has_tls():
-        pytest.skip("this redis-server was built without TLS (redis-server --tls-port fails)")
+    require_tls()
     server = start_tls_server(tmp_path / "tls")
     try:
         stacks = replicas(server.url())
@@ -290,8 +357,7 @@ def test_tls_verification_failure_fails_open(
     start_compression_proxy: Callable[..., Any], tmp_path: Path
 ) -> None:
     """A CA that did not sign the server: Redis is reported down, requests still succeed."""
-    if not redis_has_tls():
-        pytest.skip("this redis-server was built without TLS (redis-server --tls-port fails)")
+    require_tls()
     from tests.support.redis_topologies import make_certs
 
     server = start_tls_server(tmp_path / "tls")

@@ -4,6 +4,12 @@ primary + replica watched by three Sentinels, and a TLS server with an ACL user.
 All are started by the tests from the apt ``redis-server`` (v7 runs all three: ``--cluster-
 enabled``, ``--sentinel``, ``--tls-port``), with short failure-detection timeouts so that a
 failover takes a few seconds. ``kill`` is SIGKILL: an outage, not a graceful shutdown.
+
+``start_cluster(..., tls=True)`` and ``start_sentinel(..., tls=True)`` start the same
+topologies speaking TLS only (``--port 0 --tls-port``, client certificates required): the
+cluster bus and replication over TLS too, and the sentinels on TLS ports talking TLS to the
+data nodes and to each other; their ``url`` is then the ``rediss+`` form with the CA and a
+client certificate.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import pytest
 import redis
 
 __all__ = [
+    "Certs",
     "ClusterTopology",
     "Node",
     "SentinelTopology",
@@ -62,14 +69,52 @@ def _ports(count: int, *, bus: bool = False) -> list[int]:
     return found
 
 
+@dataclass(frozen=True)
+class Certs:
+    """The files ``make_certs`` writes: a CA, a server and a client certificate signed by it."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.pem"
+
+    def server_args(self) -> list[str]:
+        """redis-server's TLS file options (the server certificate is also the one it shows
+        as a client: cluster bus, replication, sentinel to data node)."""
+        return ["--tls-cert-file", str(self.directory / "server.crt"),
+                "--tls-key-file", str(self.directory / "server.key"),
+                "--tls-ca-cert-file", str(self.ca)]
+
+    def client_kwargs(self) -> dict[str, object]:
+        """redis-py's options for a client presenting the client certificate."""
+        return {"ssl": True, "ssl_ca_certs": str(self.ca),
+                "ssl_certfile": str(self.directory / "client.crt"),
+                "ssl_keyfile": str(self.directory / "client.key")}
+
+    def url_query(self) -> str:
+        """The same as a ``rediss`` URL's query string."""
+        return "&".join(f"{k}={v}" for k, v in self.client_kwargs().items() if k != "ssl")
+
+    def cli_args(self) -> list[str]:
+        return ["--tls", "--cacert", str(self.ca), "--cert", str(self.directory / "client.crt"),
+                "--key", str(self.directory / "client.key")]
+
+
+def _certs(directory: Path) -> Certs:
+    make_certs(directory)
+    return Certs(directory)
+
+
 @dataclass
 class Node:
-    """One redis-server (or sentinel) process."""
+    """One redis-server (or sentinel) process; ``certs`` when it speaks TLS only."""
 
     port: int
     directory: Path
     args: list[str]
     proc: subprocess.Popen[bytes] | None = None
+    certs: Certs | None = None
 
     @property
     def address(self) -> str:
@@ -88,8 +133,9 @@ class Node:
             self.proc.wait(timeout=10)
 
     def client(self, **kwargs: object) -> redis.Redis:
+        tls = self.certs.client_kwargs() if self.certs is not None else {}
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
-                           decode_responses=True, **kwargs)  # type: ignore[arg-type]
+                           decode_responses=True, **tls, **kwargs)  # type: ignore[arg-type]
 
     def wait_ping(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
@@ -103,9 +149,17 @@ class Node:
         raise RuntimeError(f"redis on {self.port} did not start")
 
 
-def _server_args(port: int, *extra: str) -> list[str]:
+def _listen_args(port: int, certs: Certs | None) -> list[str]:
+    """With ``certs``: ``port`` is the TLS port, the plain one is off, replication over TLS."""
+    if certs is None:
+        return ["--port", str(port)]
+    return ["--port", "0", "--tls-port", str(port), *certs.server_args(),
+            "--tls-replication", "yes"]
+
+
+def _server_args(port: int, *extra: str, certs: Certs | None = None) -> list[str]:
     # No diskless-sync delay: a replica must hold the data before a test kills its primary.
-    return ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    return [*_listen_args(port, certs), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--daemonize", "no", "--loglevel", "warning", "--repl-diskless-sync-delay", "0",
             *extra]
 
@@ -116,10 +170,14 @@ class ClusterTopology:
 
     nodes: list[Node]
     alive: list[Node] = field(default_factory=list)
+    certs: Certs | None = None
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(n.address for n in self.nodes[:3])
+        seeds = ",".join(n.address for n in self.nodes[:3])
+        if self.certs is None:
+            return "redis+cluster://" + seeds
+        return f"rediss+cluster://{seeds}?{self.certs.url_query()}"
 
     def roles(self) -> dict[str, str]:
         """address -> "master" / "slave" as a live node's CLUSTER NODES says (failed ones left
@@ -189,8 +247,10 @@ class ClusterTopology:
 
 
 def start_cluster(directory: Path, *, primaries: int = 3, replicas: int = 1,
-                  node_timeout_ms: int = 1000) -> ClusterTopology:
-    """A cluster of ``primaries`` primaries with ``replicas`` replicas each; ``stop()`` after."""
+                  node_timeout_ms: int = 1000, tls: bool = False) -> ClusterTopology:
+    """A cluster of ``primaries`` primaries with ``replicas`` replicas each; ``stop()`` after.
+    ``tls``: TLS-only nodes, the cluster bus over TLS too (``--tls-cluster``)."""
+    certs = _certs(directory / "certs") if tls else None
     ports = _ports((1 + replicas) * primaries, bus=True)
     nodes = [
         Node(port, directory / f"node-{port}", _server_args(
@@ -198,17 +258,19 @@ def start_cluster(directory: Path, *, primaries: int = 3, replicas: int = 1,
             "--cluster-node-timeout", str(node_timeout_ms),
             # Replicas may always take over: the test kills a primary they just synced from.
             "--cluster-replica-validity-factor", "0",
-            "--cluster-require-full-coverage", "no"))
+            "--cluster-require-full-coverage", "no",
+            *(["--tls-cluster", "yes"] if tls else []), certs=certs), certs=certs)
         for port in ports
     ]
-    topology = ClusterTopology(nodes, list(nodes))
+    topology = ClusterTopology(nodes, list(nodes), certs)
     try:
         for node in nodes:
             node.start()
         for node in nodes:
             node.wait_ping()
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(n.address for n in nodes),
+            ["redis-cli", *(certs.cli_args() if certs else []),
+             "--cluster", "create", *(n.address for n in nodes),
              "--cluster-replicas", str(replicas), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60,
         )
@@ -232,11 +294,14 @@ class SentinelTopology:
     replica: Node
     sentinels: list[Node]
     service: str = "lgmain"
+    certs: Certs | None = None
 
     @property
     def url(self) -> str:
         hosts = ",".join(s.address for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.service}"
+        if self.certs is None:
+            return f"redis+sentinel://{hosts}/{self.service}"
+        return f"rediss+sentinel://{hosts}/{self.service}?{self.certs.url_query()}"
 
     def primary_address(self) -> str | None:
         """The primary's address as the first answering sentinel has it."""
@@ -255,24 +320,33 @@ class SentinelTopology:
             node.kill()
 
 
-def start_sentinel(directory: Path, *, down_after_ms: int = 1000) -> SentinelTopology:
-    """A primary, one replica and three sentinels (quorum 2); call ``stop()`` after."""
+def start_sentinel(directory: Path, *, down_after_ms: int = 1000,
+                   tls: bool = False) -> SentinelTopology:
+    """A primary, one replica and three sentinels (quorum 2); call ``stop()`` after.
+    ``tls``: everything on TLS ports only; the replica syncs and the sentinels talk to the
+    data nodes and to each other over TLS (``tls-replication yes``)."""
+    certs = _certs(directory / "certs") if tls else None
     p, r, *s = _ports(5)
-    primary = Node(p, directory / "primary", _server_args(p))
-    replica = Node(r, directory / "replica", _server_args(r, "--replicaof", "127.0.0.1", str(p)))
+    primary = Node(p, directory / "primary", _server_args(p, certs=certs), certs=certs)
+    replica = Node(r, directory / "replica", _server_args(
+        r, "--replicaof", "127.0.0.1", str(p), certs=certs), certs=certs)
     sentinels = []
     for port in s:
         folder = directory / f"sentinel-{port}"
         folder.mkdir(parents=True)
+        # A data node's TLS options as sentinel.conf lines ("--tls-cert-file F" -> "tls-cert-
+        # file F"); tls-replication: TLS to the data nodes and to the other sentinels too.
+        args = _listen_args(port, certs)
+        listen = [f"{key[2:]} {value}" for key, value in zip(args[::2], args[1::2], strict=True)]
         (folder / "sentinel.conf").write_text(
-            f"port {port}\nbind 127.0.0.1\ndaemonize no\nloglevel warning\n"
+            "\n".join(listen) + "\nbind 127.0.0.1\ndaemonize no\nloglevel warning\n"
             f"sentinel monitor lgmain 127.0.0.1 {p} 2\n"
             f"sentinel down-after-milliseconds lgmain {down_after_ms}\n"
             "sentinel failover-timeout lgmain 10000\n"
             "sentinel parallel-syncs lgmain 1\n"
         )
-        sentinels.append(Node(port, folder, ["sentinel.conf", "--sentinel"]))
-    topology = SentinelTopology(primary, replica, sentinels)
+        sentinels.append(Node(port, folder, ["sentinel.conf", "--sentinel"], certs=certs))
+    topology = SentinelTopology(primary, replica, sentinels, certs=certs)
     try:
         for node in (primary, replica):
             node.start()
@@ -361,17 +435,15 @@ def make_certs(directory: Path, names: Sequence[str] = ("server", "client")) -> 
 def start_tls_server(directory: Path) -> TlsServer:
     """redis-server on a TLS port only, client certificates required, the default user off
     and one ACL user; call ``node.kill()`` after."""
-    certs = directory / "certs"
-    make_certs(certs)
+    certs = _certs(directory / "certs")
     (port,) = _ports(1)
-    server = TlsServer(Node(port, directory / "tls", []), certs / "ca.pem",
-                       certs / "client.crt", certs / "client.key")
+    server = TlsServer(Node(port, directory / "tls", []), certs.ca,
+                       certs.directory / "client.crt", certs.directory / "client.key")
     server.node.args = _server_args(
-        0, "--tls-port", str(port), "--tls-cert-file", str(certs / "server.crt"),
-        "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.pem"),
-        "--tls-auth-clients", "yes",
+        port, "--tls-auth-clients", "yes",
         "--user", "default", "off",
         "--user", server.user, "on", f">{server.password}", "~*", "&*", "+@all",
+        certs=certs,
     )
     server.node.start()
     deadline = time.monotonic() + _START_TIMEOUT_S

@@ -86,6 +86,34 @@ async def test_redis_py_clients_per_form() -> None:
         await client.aclose()
 
 
+async def test_tls_options_reach_cluster_nodes_and_sentinels() -> None:
+    """``rediss+cluster``: every node (seeds and those found later share these kwargs) gets
+    TLS and the client certificate; ``rediss+sentinel``: the sentinels and the primary."""
+    tls = "?ssl_ca_certs=/ca.pem&ssl_certfile=/c.crt&ssl_keyfile=/c.key"
+    expected = {"ssl_ca_certs": "/ca.pem", "ssl_certfile": "/c.crt", "ssl_keyfile": "/c.key",
+                "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    cluster = connect_redis("rediss+cluster://app:pw@n1:7000,n2:7001" + tls)
+    assert isinstance(cluster, SpreadCluster)
+    assert cluster.connection_kwargs["connection_class"] is SSLConnection
+    assert expected.items() <= cluster.connection_kwargs.items()
+    assert cluster.connection_kwargs["username"] == "app"
+    for node in cluster.nodes_manager.startup_nodes.values():
+        assert expected.items() <= node.connection_kwargs.items()
+    sentinel = connect_redis("rediss+sentinel://app:pw@s1:26379,s2:26380/mymaster"
+                             + tls + "&sentinel_password=sp")
+    assert isinstance(sentinel, SentinelRedis) and sentinel.manager is not None
+    pool = sentinel.connection_pool
+    assert issubclass(pool.connection_class, SSLConnection)
+    assert expected.items() <= pool.connection_kwargs.items()
+    assert pool.connection_kwargs["username"] == "app"
+    for client in sentinel.manager.sentinels:
+        kwargs = client.connection_pool.connection_kwargs
+        assert client.connection_pool.connection_class is SSLConnection
+        assert expected.items() <= kwargs.items() and kwargs["password"] == "sp"
+    for shared in (cluster, sentinel):
+        await shared.aclose()
+
+
 def test_key_families_and_hash_tags() -> None:
     spread, tagged = tenant_namespace("team-a"), tenant_slot_namespace("team-a")
     assert "{" not in spread and tagged == spread.replace(spread[6:], "{" + spread[6:] + "}")
