@@ -109,7 +109,8 @@ def test_tenants_get_separate_namespaces(
     assert not {k.split(":")[-1] for k in cmp_a} & {k.split(":")[-1] for k in cmp_b}
     for key in keys:  # digests only: no prompt text, tenant name or API key in a key name
         assert re.fullmatch(
-            r"lg:v1:([0-9a-f]{16}:(cmp|pfx):[0-9a-f]{64}|[0-9a-f]{16}:pc:\w+:[0-9a-f]{32}"
+            r"lg:v1:([0-9a-f]{16}:cmp:[0-9a-f]{64}|[0-9a-f]{16}:pfx:\{[0-9a-f]{16}\}:[0-9a-f]{64}"
+            r"|[0-9a-f]{16}:pc:\w+:\{[0-9a-f]{16}\}:[0-9a-f]{32}"
             r"|\{[0-9a-f]{16}\}:ledger:.*)|lg:v1:ledger:\w+",
             key,
         ), key
