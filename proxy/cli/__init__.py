@@ -1,5 +1,5 @@
-"""The `linguagate` command and its subcommands (serve, keys, policies, report, compress, align,
-compressor-worker, dashboard). The entry point is `proxy.cli:main`.
+"""The `linguagate` command and its subcommands (serve, keys, policies, report, ledger-migrate,
+compress, align, compressor-worker, dashboard). The entry point is `proxy.cli:main`.
 
 The top of the import graph: it may import every stage package and the wiring.
 """

@@ -26,6 +26,7 @@ _PLUGGED_SUBCOMMANDS = (
     ("proxy.cli.admin", "add_subcommands", ("keys", "policies")),
     ("proxy.cli.compress", "add_subcommand", ("compress",)),
     ("proxy.accounting.report", "add_subcommand", ("report",)),
+    ("proxy.cli.ledger_migrate", "add_subcommand", ("ledger-migrate",)),
     ("proxy.cli.align", "add_subcommand", ("align",)),
     ("proxy.compression.worker", "add_subcommand", ("compressor-worker",)),
 )
