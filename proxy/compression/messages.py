@@ -423,16 +423,26 @@ def text_token_count(
     components: ChatComponents,
     model: str | None = None,
     replacements: Mapping[Path, str] | None = None,
+    memo: dict[str, int] | None = None,
 ) -> int:
     """Target-model tokens of the request's message text (not framing, roles or tool schemas).
 
-    With ``replacements``, counts the text as it will be forwarded.
+    With ``replacements``, counts the text as it will be forwarded. ``memo`` (text -> tokens
+    under the same model) keeps counts across one request's calls: counting is linear in the
+    body, and the original, fresh and forwarded texts are mostly the same strings.
     """
     target = model if model is not None else components.model
     edits = replacements or {}
-    return sum(
-        count_tokens(edits.get(path, text), target) for path, text in components.texts.items()
-    )
+    if memo is None:
+        return sum(count_tokens(edits.get(path, text), target)
+                   for path, text in components.texts.items())
+    total = 0
+    for path, text in components.texts.items():
+        sent = edits.get(path, text)
+        if sent not in memo:
+            memo[sent] = count_tokens(sent, target)
+        total += memo[sent]
+    return total
 
 
 class _ResultLike(Protocol):

@@ -105,12 +105,13 @@ def _compress_unit(engine: CompressionEngine, unit: Unit, plan: Plan,
     return UnitResult((*r.demonstrations, *((r.question,) if with_q else ())))
 
 
-def _split(body: dict[str, Any], policy: CompressionPolicy) -> tuple[ChatComponents, int]:
+def _split(body: dict[str, Any], policy: CompressionPolicy,
+           memo: dict[str, int]) -> tuple[ChatComponents, int]:
     components = (
         split_chat(body, compress_json_tool_results=policy.compress_json_tool_results)
         if "messages" in body else split_completion(body)  # legacy /v1/completions
     )
-    return components, text_token_count(components)
+    return components, text_token_count(components, memo=memo)
 
 
 def _device_type(engine: CompressionEngine) -> str:
@@ -246,13 +247,17 @@ class CompressionStep:
             # The common case for most traffic: count (the ledger needs it), nothing more.
             original = await off_loop(len(raw), lambda: body_text_tokens(body, model))
             return _outcome(raw, tenant, model, original, _Decision("off"), override)
-        components, original = await off_loop(len(raw), lambda: _split(body, policy))
-        decision = await self._decide(raw, body, components, tenant, policy, override, original)
+        # Every count of this request's texts (original, per message, fresh, forwarded) shares
+        # one memo: each distinct text is tokenized once.
+        memo: dict[str, int] = {}
+        components, original = await off_loop(len(raw), lambda: _split(body, policy, memo))
+        decision = await self._decide(raw, body, components, tenant, policy, override, original,
+                                      memo)
         return _outcome(raw, tenant, model, original, decision, override, components.mapping())
 
     async def _decide(self, raw: bytes, body: dict[str, Any], components: ChatComponents,
                       tenant: Tenant, policy: CompressionPolicy, override: Override,
-                      original: int) -> _Decision:
+                      original: int, memo: dict[str, int]) -> _Decision:
         # mode "off" never gets here: __call__ answers it without splitting the body.
         if override.mode_off:
             return _Decision("skipped", "request_override")
@@ -265,7 +270,6 @@ class CompressionStep:
             return _Decision("skipped", "nothing_to_compress")
         forms = PrefixForms(self._cache, tenant.name, shadow=shadow)
         sides = _CacheSides(self._cache, tenant.name, shadow, self._provider_cache_ttl_s)
-        memo: dict[str, int] = {}
 
         def direct_prompt() -> tuple[list[int], list[Boundary]]:
             tokens = conv.message_tokens(components, memo=memo)
@@ -294,7 +298,7 @@ class CompressionStep:
         fresh = await self._compress_fresh(
             raw, fresh_items, tenant, policy, override, original,
             floor=floor,
-            other=sum(frozen_tokens[:frozen_count]) + sum(orig_tokens[frozen_count:]))
+            other=sum(frozen_tokens[:frozen_count]) + sum(orig_tokens[frozen_count:]), memo=memo)
         replacements = {**frozen, **fresh.replacements}
         sent_tokens = (await off_loop(len(raw), lambda: conv.message_tokens(
             components, replacements, memo)) if replacements else orig_tokens)
@@ -324,7 +328,7 @@ class CompressionStep:
         if not replacements:
             return skipped
         forwarded_tokens = await off_loop(
-            len(raw), lambda: text_token_count(components, replacements=replacements)
+            len(raw), lambda: text_token_count(components, replacements=replacements, memo=memo)
         )
         if forwarded_tokens >= original:
             return dataclasses.replace(skipped, reason="no_savings")
@@ -336,7 +340,7 @@ class CompressionStep:
 
     async def _compress_fresh(self, raw: bytes, components: ChatComponents, tenant: Tenant,
                               policy: CompressionPolicy, override: Override, original: int,
-                              *, floor: int, other: int) -> _Fresh:
+                              *, floor: int, other: int, memo: dict[str, int]) -> _Fresh:
         """Compress the messages no earlier turn forwarded (``components`` holds only them);
         ``original`` counts the whole request's text (``min_tokens`` is about the request)."""
         if original < policy.min_tokens:
@@ -353,7 +357,7 @@ class CompressionStep:
             return _Fresh("compressor_loading" if state == "loading"
                           else "compressor_unavailable")
         started = time.perf_counter()
-        fresh_tokens = text_token_count(components)
+        fresh_tokens = text_token_count(components, memo=memo)  # all counted before: no work
         plan = await off_loop(len(raw), lambda: plan_units(
             components, policy, rate=override.rate or policy.rate, original_tokens=fresh_tokens,
             tenant=tenant.name, model_id=engine.model_id, min_forward_tokens=floor,
@@ -377,7 +381,7 @@ class CompressionStep:
                 assigned.update(zip(unit.items, res.texts, strict=True))
         replacements = replacements_for(components, assigned)
         saved = replacements and await off_loop(len(raw), lambda: text_token_count(
-            components, replacements=replacements)) < fresh_tokens
+            components, replacements=replacements, memo=memo)) < fresh_tokens
         why = None if saved else "out_of_distribution" if ood else "no_savings"
         return _Fresh(why, replacements if saved else {}, cache, ms, hits, misses, ood)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+import pytest
 from starlette.datastructures import Headers
 
 from proxy.compression.cache import MemoryCache, TtlGroup
@@ -79,3 +80,25 @@ async def test_a_long_prompt_marks_both_sides_in_the_same_write() -> None:
     await step(json.dumps(body).encode(), body, TENANT, Headers())
     # The provider would now serve the prefix from its cache; the marks' TTL is refreshed.
     assert cache.calls == ["get 4", "get 2", "set_groups 0,2,2"]
+
+
+async def test_each_distinct_text_is_tokenized_once_per_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Counting is linear in the body; the original, per-message, fresh and forwarded counts
+    # of one request share a memo.
+    from proxy.compression import conversation, messages
+    from proxy.core.tokens import count_tokens
+
+    counted: list[str] = []
+
+    def counting(text: str, model: str | None = None) -> int:
+        counted.append(text)
+        return count_tokens(text, model)
+
+    monkeypatch.setattr(messages, "count_tokens", counting)
+    monkeypatch.setattr(conversation, "count_tokens", counting)
+    step = CompressionStep(CompressorService(lambda: None), CountingCache())  # type: ignore[arg-type]
+    body = {"model": "gpt-4o-mini", "messages": few_shot(3)}
+    await step(json.dumps(body).encode(), body, TENANT, Headers())
+    assert counted and len(counted) == len(set(counted))
