@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from proxy.accounting.ledger_keys import TENANTS_KEY
 from proxy.store.clients import SharedRedis
@@ -80,12 +80,16 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local kind, old_ttl = ARGV[1], tonumber(ARGV[2])
 local have = redis.call('TYPE', KEYS[1])['ok']
 if have ~= 'none' and have ~= kind then return -1 end
+-- Only what HINCRBYFLOAT / HINCRBY accept: an error half-way would keep the fields already
+-- added and set no marker, and a rerun would add them again. (Lua's tonumber also takes
+-- spaces and hex, Redis does not; Redis rejects leading zeros in integers.)
 local function number(v)
+  if string.find(v, '^[%d%.eE%+%-]+$') == nil then return false end
   local n = tonumber(v)
   return n ~= nil and n == n and n ~= math.huge and n ~= -math.huge
 end
 local function integer(v)
-  return string.match(v, '^%-?%d+$') ~= nil and #v <= 18
+  return (v == '0' or string.match(v, '^%-?[1-9]%d*$') ~= nil) and #v <= 18
 end
 if kind == 'hash' then
   for i = 4, #ARGV, 2 do
@@ -288,7 +292,7 @@ def run_ledger_migrate(args: argparse.Namespace) -> int:
         return 2
     try:
         counts = asyncio.run(_run(url, args.dry_run))
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         print(f"linguagate ledger-migrate: redis failed ({type(exc).__name__}: {exc}); "
               "nothing is counted twice: run it again", file=sys.stderr)
         return 1

@@ -428,12 +428,13 @@ def text_token_count(
     """Target-model tokens of the request's message text (not framing, roles or tool schemas).
 
     With ``replacements``, counts the text as it will be forwarded. ``memo`` (text -> tokens
-    under the same model) keeps counts across one request's calls: counting is linear in the
-    body, and the original, fresh and forwarded texts are mostly the same strings.
+    under ``components.model``) keeps counts across one request's calls: counting is linear
+    in the body, and the original, fresh and forwarded texts are mostly the same strings. It is
+    not used for another ``model``.
     """
     target = model if model is not None else components.model
     edits = replacements or {}
-    if memo is None:
+    if memo is None or target != components.model:
         return sum(count_tokens(edits.get(path, text), target)
                    for path, text in components.texts.items())
     total = 0

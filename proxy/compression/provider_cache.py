@@ -53,7 +53,7 @@ class Boundary:
     tokens: int
     # Redis Cluster hash tag (``prefix.slot_tag`` of the same messages): a prompt's marks
     # share the slots of its forms.
-    tag: str = ""
+    tag: str
 
 
 def cached_tokens(common: int, total: int) -> int:

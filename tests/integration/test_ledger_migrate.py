@@ -213,13 +213,16 @@ def test_a_run_interrupted_before_the_del_counts_nothing_twice(
     assert asyncio.run(read(redis_url, since)) == asyncio.run(expected(old, since))
 
 
+@pytest.mark.parametrize("value", ["not a number", "007", " 5", "0x10"])
 def test_a_key_that_cannot_be_merged_is_left_in_place(
-    redis_url: str, capsys: pytest.CaptureFixture[str]
+    redis_url: str, capsys: pytest.CaptureFixture[str], value: str
 ) -> None:
+    # Values Lua's tonumber takes but HINCRBY refuses too: a script error half-way would
+    # keep the fields already added without the marker, and a rerun would add them again.
     client = redis.Redis.from_url(redis_url)
     write_old(client, [usage("research", "gpt-4o", 1, NOW)])
     bad = f"lg:v1:{old_t16('research')}:ledger:m:{old_t16('gpt-4o')}:total"
-    client.hset(bad, "requests", "not a number")
+    client.hset(bad, "requests", value)
     status, total = migrate(redis_url, capsys)
     assert (status, total["migrated"], total["left"]) == (1, 2, 1)
     names = new_names(bad)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from proxy.compression.cache import MemoryCache
-from proxy.compression.prefix import PrefixForms, message_chain, message_index
+from proxy.compression.prefix import PrefixForms, message_chain, message_index, slot_tag
 from proxy.compression.provider_cache import Boundary, PromptCacheModel, cached_tokens
 from tests.support.provider_cache import ProviderPromptCache
 
@@ -73,7 +73,8 @@ async def test_the_proxy_estimate_matches_the_fake_providers_cache() -> None:
         totals = list(itertools.accumulate(
             provider.usage("probe-" + h, {"messages": [m]})[0] - 3
             for h, m in zip(chain.hashes, history[:-1], strict=True)))
-        boundaries = [Boundary(h, n) for h, n in zip(chain.hashes, totals, strict=True)]
+        boundaries = [Boundary(h, n, slot_tag(chain, i))
+                      for i, (h, n) in enumerate(zip(chain.hashes, totals, strict=True))]
         estimate = cached_tokens(await model.lookup(boundaries), totals[-1] + 3)
         await model.mark(boundaries)
         assert abs(estimate - billed) <= 128, (turn, estimate, billed)
