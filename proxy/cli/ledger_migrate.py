@@ -12,8 +12,12 @@ set members added, the larger TTL kept), then deleted. Exactly once, also when i
 and run again, and on a Redis Cluster where the old and the new name live in different slots:
 the merge is one script on the *new* key's slot that also sets a marker there
 (``lg:v1:{<t16>}:ledger:migrated:<sha256(old name)[:16]>``, kept ``MARKER_TTL_S``) and does
-nothing when the marker exists; the old key is deleted only after that. A run interrupted
-between the two must be run again within the marker's lifetime.
+nothing when the marker exists; the old key is deleted only after that, and only once every
+replica of every primary has acknowledged the merges (replication is asynchronous: a primary
+that died holding an unreplicated merge would lose it with its marker, while the DEL on another
+node went through). When replicas do not confirm in time, the old keys stay and the run says
+to run again. A run interrupted between merge and DEL must be run again within the marker's
+lifetime.
 
 Run it once every proxy runs a version with the new names: a proxy still writing an old name
 after its key was migrated and deleted would recreate it, and the marker would skip it.
@@ -27,10 +31,12 @@ import hashlib
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from proxy.accounting.ledger_keys import TENANTS_KEY
@@ -48,7 +54,8 @@ __all__ = [
 ]
 
 MARKER_TTL_S = 7 * 86400
-Outcome = Literal["migrated", "already", "left", "gone"]
+REPLICATION_TIMEOUT_S = 15.0  # replicas acknowledge their offset about once a second
+Outcome = Literal["migrated", "already", "left", "gone", "kept"]
 _OLD_NAME = re.compile(
     re.escape(KEY_PREFIX) + r":([0-9a-f]{16}):ledger:(models|m:[0-9a-f]{16}:(?:total|h:\d{10}))"
 )
@@ -144,6 +151,7 @@ class MigrationCounts:
     already: int = 0
     left: int = 0
     gone: int = 0
+    kept: int = 0  # merged, but the old key kept: replicas did not confirm the merge in time
 
 
 class LedgerMigration:
@@ -153,9 +161,11 @@ class LedgerMigration:
     its DEL looks like that, and ``migrate(old)`` after it counts nothing twice.
     """
 
-    def __init__(self, client: SharedRedis, *, marker_ttl_s: int = MARKER_TTL_S) -> None:
+    def __init__(self, client: SharedRedis, *, marker_ttl_s: int = MARKER_TTL_S,
+                 replication_timeout_s: float = REPLICATION_TIMEOUT_S) -> None:
         self.client = client
         self.marker_ttl_s = marker_ttl_s
+        self.replication_timeout_s = replication_timeout_s
         self._read = client.register_script(_READ_LUA)
         self._merge = client.register_script(_MERGE_LUA)
         self._tenants_added: set[bytes] = set()
@@ -194,15 +204,47 @@ class LedgerMigration:
         return "migrated" if done else "already"
 
     async def migrate(self, old: str) -> Outcome:
-        """``merge(old)``, then delete ``old`` unless it could not be merged."""
+        """``merge(old)``, then delete ``old`` once the replicas hold the merge (else "kept")."""
         outcome = await self.merge(old)
-        if outcome in ("migrated", "already"):
-            await self.client.delete(old)
+        if outcome not in ("migrated", "already"):
+            return outcome
+        if not await self.replicated():
+            return "kept"
+        await self.client.delete(old)
         return outcome
+
+    async def replicated(self) -> bool:
+        """Whether every replica of every primary acknowledges the writes made so far (waits up
+        to ``replication_timeout_s``). A primary that cannot be asked counts as not confirmed;
+        one without replicas as confirmed."""
+        try:
+            targets = {node: int(info.get("master_repl_offset", 0))
+                       for node, info in (await self._replication()).items()}
+        except (RedisError, RedisClusterException, OSError):
+            return False
+        deadline = time.monotonic() + self.replication_timeout_s
+        while True:
+            try:
+                infos = await self._replication()
+            except (RedisError, RedisClusterException, OSError):
+                infos = {}
+            if all(node in infos and _caught_up(infos[node], offset)
+                   for node, offset in targets.items()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+
+    async def _replication(self) -> dict[str, dict[str, Any]]:
+        if isinstance(self.client, RedisCluster):
+            raw = await self.client.info("replication", target_nodes=RedisCluster.PRIMARIES)
+            return {str(node): dict(info) for node, info in raw.items()}
+        return {"primary": dict(await self.client.info("replication"))}
 
     async def run(self, *, dry_run: bool = False) -> dict[str, MigrationCounts]:
         """Counts per tenant digest. ``dry_run``: find and count only (``already`` then
-        counts old keys whose marker exists: merged by a run that stopped before the DEL)."""
+        counts old keys whose marker exists: merged by a run that stopped before the DEL).
+        Otherwise: merge every old key, wait for the replicas, then delete the merged ones."""
         keys = await self.old_keys()
         counts: dict[str, MigrationCounts] = {}
         for old in keys:
@@ -212,15 +254,32 @@ class LedgerMigration:
                 counts[_tenant_of(old)].already += marked
             return counts
         gate = asyncio.Semaphore(_CONCURRENT_KEYS)
+        outcomes: dict[str, Outcome] = {}
 
-        async def one(old: str) -> None:
+        async def merge(old: str) -> None:
             async with gate:
-                outcome = await self.migrate(old)
-            tally = counts[_tenant_of(old)]
-            setattr(tally, outcome, getattr(tally, outcome) + 1)
+                outcomes[old] = await self.merge(old)
+
+        async def delete(old: str) -> None:
+            async with gate:
+                await self.client.delete(old)
 
         for start in range(0, len(keys), _CHUNK):  # a bounded number of tasks at a time
-            await asyncio.gather(*(one(old) for old in keys[start : start + _CHUNK]))
+            await asyncio.gather(*(merge(old) for old in keys[start : start + _CHUNK]))
+        merged = [old for old in keys if outcomes[old] in ("migrated", "already")]
+        if merged and not await self.replicated():
+            for old in merged:
+                counts[_tenant_of(old)].kept += 1
+            merged = []
+        for start in range(0, len(merged), _CHUNK):
+            await asyncio.gather(*(delete(old) for old in merged[start : start + _CHUNK]))
+        for old in merged:
+            tally = counts[_tenant_of(old)]
+            setattr(tally, outcomes[old], getattr(tally, outcomes[old]) + 1)
+        for old in keys:
+            if outcomes[old] in ("left", "gone"):
+                tally = counts[_tenant_of(old)]
+                setattr(tally, outcomes[old], getattr(tally, outcomes[old]) + 1)
         return counts
 
     async def _marked(self, keys: Sequence[str]) -> list[bool]:
@@ -239,6 +298,12 @@ def _tenant_of(old: str) -> str:
     return names[0]
 
 
+def _caught_up(info: dict[str, Any], offset: int) -> bool:
+    """Whether every replica in a primary's INFO replication has acknowledged ``offset``."""
+    replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    return all(int(r.get("offset", -1)) >= offset for r in replicas)
+
+
 def _marker_of(old: str) -> str:
     names = new_names(old)
     assert names is not None
@@ -247,7 +312,8 @@ def _marker_of(old: str) -> str:
 
 def _summary(counts: dict[str, MigrationCounts], *, dry_run: bool) -> str:
     """One row per tenant digest and a total: counts only, never a tenant or model name."""
-    columns = ["found", "already"] if dry_run else [f.name for f in fields(MigrationCounts)]
+    columns = (["found", "already"] if dry_run
+               else [f.name for f in fields(MigrationCounts) if f.name != "kept"])
     total = MigrationCounts()
     for tally in counts.values():
         for f in fields(MigrationCounts):
@@ -266,6 +332,9 @@ def _summary(counts: dict[str, MigrationCounts], *, dry_run: bool) -> str:
     else:
         lines.append(f"{total.migrated:,} migrated, {total.already:,} already migrated (old key "
                      f"deleted), {total.left:,} left in place, {total.gone:,} expired meanwhile")
+        if total.kept:
+            lines.append(f"{total.kept:,} merged but kept: the replicas did not confirm the "
+                         "merges in time; run it again (nothing is counted twice)")
     return "\n".join(lines)
 
 
@@ -297,7 +366,7 @@ def run_ledger_migrate(args: argparse.Namespace) -> int:
               "nothing is counted twice: run it again", file=sys.stderr)
         return 1
     print(_summary(counts, dry_run=args.dry_run))
-    return 1 if any(c.left for c in counts.values()) else 0
+    return 1 if any(c.left or c.kept for c in counts.values()) else 0
 
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +23,7 @@ from proxy.accounting.ledger import LedgerRow, MemoryLedger, RedisLedger, UsageR
 from proxy.cli.commands import main
 from proxy.cli.ledger_migrate import LedgerMigration, new_names
 from proxy.store.redis import connect_redis
-from tests.support.redis_topologies import start_cluster
+from tests.support.redis_topologies import start_cluster, start_sentinel
 
 pytestmark = pytest.mark.integration
 
@@ -232,7 +234,8 @@ def test_a_key_that_cannot_be_merged_is_left_in_place(
 
 
 def test_cluster_several_tenants(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cluster = start_cluster(tmp_path / "cluster", primaries=3, replicas=0)
+    # A replica per primary: the old keys are deleted only once every replica holds the merges.
+    cluster = start_cluster(tmp_path / "cluster", primaries=3, replicas=1)
     try:
         client = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
         tenants = [f"tenant-{i}" for i in range(6)]
@@ -263,3 +266,45 @@ def test_cluster_several_tenants(tmp_path: Path, capsys: pytest.CaptureFixture[s
         client.close()
     finally:
         cluster.stop()
+
+
+async def run_migration(url: str, timeout_s: float) -> dict[str, int]:
+    client = connect_redis(url)
+    try:
+        counts = await LedgerMigration(client, replication_timeout_s=timeout_s).run()
+    finally:
+        await client.aclose()
+    total: dict[str, int] = {}
+    for tally in counts.values():
+        for name, value in vars(tally).items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
+def test_old_keys_stay_until_the_replica_holds_the_merge(tmp_path: Path) -> None:
+    # Replication is asynchronous: deleting the old key before the replica has the merge (and
+    # its marker) would lose the counters if the primary died and the replica took over.
+    topology = start_sentinel(tmp_path / "sentinel")
+    url = f"redis://{topology.primary.address}"
+    replica = topology.replica.proc
+    assert replica is not None
+    client = redis.Redis.from_url(url)
+    try:
+        old = [usage("research", m, i, NOW - timedelta(hours=i))
+               for i, m in enumerate(["gpt-4o", "gpt-4o-mini"])]
+        write_old(client, old)
+        found = len(old_keys(client))
+        os.kill(replica.pid, signal.SIGSTOP)  # acknowledges nothing any more
+        try:
+            total = asyncio.run(run_migration(url, timeout_s=1.5))
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        assert (total["found"], total["kept"], total["migrated"]) == (found, found, 0)
+        assert len(old_keys(client)) == found  # merged, not deleted
+        total = asyncio.run(run_migration(url, timeout_s=15))
+        assert (total["already"], total["kept"]) == (found, 0)  # the markers: not twice
+        assert old_keys(client) == set()
+        assert asyncio.run(read(url)) == asyncio.run(expected(old, None))
+    finally:
+        client.close()
+        topology.stop()
