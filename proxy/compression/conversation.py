@@ -1,8 +1,8 @@
 """One request seen as a conversation: its messages, their token counts, and the provider
 cache's view of them (what the direct and the forwarded prompt would get from it).
 
-Pure helpers for the compression step; storage goes through `prefix.PrefixForms` and
-`provider_cache.PromptCacheModel`.
+Pure helpers for the compression step; the keys it is stored under come from
+`prefix.PrefixForms` and `provider_cache.PromptCacheModel`.
 """
 
 from __future__ import annotations

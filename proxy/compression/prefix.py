@@ -33,7 +33,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.compression.cache import CompressionCache
 from proxy.compression.messages import Path
 from proxy.store.redis import tenant_namespace
 
@@ -102,17 +101,19 @@ def _join_path(index: int, suffix: Sequence[str | int], chat: bool) -> Path:
 
 
 class PrefixForms:
-    """Reads and writes the forwarded forms of one tenant's messages (see the module doc)."""
+    """Names and encodes the forwarded forms of one tenant's messages (see the module doc).
 
-    def __init__(self, cache: CompressionCache, tenant: str, *, shadow: bool = False) -> None:
-        self._cache = cache
+    No I/O of its own: the compression step reads these keys together with the provider-cache
+    marks' in one round trip, and writes them with the marks in one pipeline."""
+
+    def __init__(self, tenant: str, *, shadow: bool = False) -> None:
         self._prefix = f"{tenant_namespace(tenant)}:{'pfxs' if shadow else 'pfx'}:"
 
     def _key(self, chain: Chain, index: int) -> str:
         return f"{self._prefix}{slot_tag(chain, index)}:{chain.hashes[index]}"
 
     def keys(self, chain: Chain) -> list[str]:
-        """The keys ``frozen`` reads, to fetch beside other keys in one round trip."""
+        """One key per message of ``chain``: what ``read`` decodes and ``items`` writes."""
         return [self._key(chain, i) for i in range(len(chain))]
 
     @staticmethod
@@ -128,12 +129,6 @@ class PrefixForms:
                 replacements[_join_path(index, suffix, chat)] = text
         return len(raw), replacements
 
-    async def frozen(self, chain: Chain, *, chat: bool) -> tuple[int, dict[Path, str]]:
-        """``read`` of this chain's stored forms (one round trip of its own)."""
-        if not chain.hashes:
-            return 0, {}
-        return self.read(await self._cache.get_many(self.keys(chain)), chat=chat)
-
     def items(self, chain: Chain, start: int, forwarded: Mapping[Path, str]) -> dict[str, str]:
         """The entries that store the forms of messages ``start..`` as forwarded
         (``forwarded``: the request's replacements; a message without any went as it was)."""
@@ -147,10 +142,6 @@ class PrefixForms:
                                                    ensure_ascii=False)
             for i, form in per_message.items()
         }
-
-    async def store(self, chain: Chain, start: int, forwarded: Mapping[Path, str]) -> None:
-        """Write ``items(chain, start, forwarded)`` (one round trip of its own)."""
-        await self._cache.set_many(self.items(chain, start, forwarded))
 
 
 def _decode_form(raw: str | None) -> list[tuple[list[str | int], str]] | None:

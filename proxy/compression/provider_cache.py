@@ -25,7 +25,6 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from proxy.compression.cache import CompressionCache
 from proxy.store.redis import tenant_namespace
 
 __all__ = [
@@ -65,10 +64,11 @@ def cached_tokens(common: int, total: int) -> int:
 
 
 class PromptCacheModel:
-    """Seen prompt prefixes of one tenant, for one side ("direct", "forwarded", "shadow")."""
+    """Seen prompt prefixes of one tenant, for one side ("direct", "forwarded", "shadow"):
+    their key names, how to read a lookup (``longest``) and what to write (``marks``). No I/O
+    of its own: the compression step batches it with the prefix forms'."""
 
-    def __init__(self, cache: CompressionCache, tenant: str, side: str, ttl_s: float) -> None:
-        self._cache = cache
+    def __init__(self, tenant: str, side: str, ttl_s: float) -> None:
         self._prefix = f"{tenant_namespace(tenant)}:pc:{side}:"
         self._ttl_s = ttl_s
 
@@ -77,7 +77,7 @@ class PromptCacheModel:
         return self._ttl_s
 
     def keys(self, boundaries: Sequence[Boundary]) -> list[str]:
-        """One key per boundary: what ``lookup`` reads and ``mark`` writes."""
+        """One key per boundary: what ``longest`` reads and ``marks`` writes."""
         return [f"{self._prefix}{b.tag}:{hashlib.sha256(b.chain_hash.encode()).hexdigest()[:32]}"
                 for b in boundaries]
 
@@ -92,15 +92,3 @@ class PromptCacheModel:
         if boundaries and boundaries[-1].tokens + REPLY_TOKENS >= MIN_CACHED_TOKENS:
             return dict.fromkeys(self.keys(boundaries), "1")
         return {}
-
-    async def lookup(self, boundaries: Sequence[Boundary]) -> int:
-        """Tokens of the longest prefix of this prompt seen within the TTL (0: none)."""
-        if not boundaries:
-            return 0
-        return self.longest(boundaries, await self._cache.get_many(self.keys(boundaries)))
-
-    async def mark(self, boundaries: Sequence[Boundary]) -> None:
-        """Remember this prompt's prefixes (one round trip of its own)."""
-        items = self.marks(boundaries)
-        if items:
-            await self._cache.set_many(items, ttl_s=self._ttl_s)

@@ -199,9 +199,9 @@ class _CacheSides:
     """The provider-cache models of one request: the original prompt as sent directly, and
     the prompt that was forwarded (shadow mode: the one that would have been)."""
 
-    def __init__(self, cache: CompressionCache, tenant: str, shadow: bool, ttl_s: float) -> None:
-        self.direct = PromptCacheModel(cache, tenant, "direct", ttl_s)
-        self.sent = PromptCacheModel(cache, tenant, "shadow" if shadow else "forwarded", ttl_s)
+    def __init__(self, tenant: str, shadow: bool, ttl_s: float) -> None:
+        self.direct = PromptCacheModel(tenant, "direct", ttl_s)
+        self.sent = PromptCacheModel(tenant, "shadow" if shadow else "forwarded", ttl_s)
 
 
 _FAULTS = frozenset({"compressor_loading", "compressor_unavailable", "queue_full", "deadline",
@@ -268,8 +268,8 @@ class CompressionStep:
         conv = await off_loop(len(raw), lambda: Conversation.of(body))
         if not conv.messages:
             return _Decision("skipped", "nothing_to_compress")
-        forms = PrefixForms(self._cache, tenant.name, shadow=shadow)
-        sides = _CacheSides(self._cache, tenant.name, shadow, self._provider_cache_ttl_s)
+        forms = PrefixForms(tenant.name, shadow=shadow)
+        sides = _CacheSides(tenant.name, shadow, self._provider_cache_ttl_s)
 
         def direct_prompt() -> tuple[list[int], list[Boundary]]:
             tokens = conv.message_tokens(components, memo=memo)

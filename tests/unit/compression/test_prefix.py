@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 
 from proxy.compression.cache import MemoryCache
-from proxy.compression.prefix import PrefixForms, message_chain, message_index, slot_tag
+from proxy.compression.messages import Path
+from proxy.compression.prefix import Chain, PrefixForms, message_chain, message_index, slot_tag
 from proxy.compression.provider_cache import Boundary, PromptCacheModel, cached_tokens
 from tests.support.provider_cache import ProviderPromptCache
 
@@ -34,19 +35,25 @@ def test_message_index_of_text_paths() -> None:
     assert message_index(("prompt",)) == 0
 
 
+async def frozen(cache: MemoryCache, forms: PrefixForms,
+                 chain: Chain) -> tuple[int, dict[Path, str]]:
+    """What the compression step reads (there in one MGET with the provider-cache marks)."""
+    return PrefixForms.read(await cache.get_many(forms.keys(chain)), chat=True)
+
+
 async def test_forms_are_frozen_per_tenant_and_cover_the_leading_run() -> None:
     cache = MemoryCache()
     chain = message_chain(MESSAGES, "")
-    forms = PrefixForms(cache, "t1")
-    assert await forms.frozen(chain, chat=True) == (0, {})
+    forms = PrefixForms("t1")
+    assert await frozen(cache, forms, chain) == (0, {})
     path = ("messages", 2, "content", 0, "text")
-    await forms.store(chain, 0, {path: "Hello."})
-    assert await forms.frozen(chain, chat=True) == (3, {path: "Hello."})
+    await cache.set_many(forms.items(chain, 0, {path: "Hello."}))
+    assert await frozen(cache, forms, chain) == (3, {path: "Hello."})
     longer = message_chain([*MESSAGES, {"role": "user", "content": "More?"}], "")
-    assert await forms.frozen(longer, chat=True) == (3, {path: "Hello."})
+    assert await frozen(cache, forms, longer) == (3, {path: "Hello."})
     # Another tenant, or shadow mode, never sees these forms.
-    assert await PrefixForms(cache, "t2").frozen(chain, chat=True) == (0, {})
-    assert await PrefixForms(cache, "t1", shadow=True).frozen(chain, chat=True) == (0, {})
+    assert await frozen(cache, PrefixForms("t2"), chain) == (0, {})
+    assert await frozen(cache, PrefixForms("t1", shadow=True), chain) == (0, {})
     assert not any("Hello" in key or "t1" in key for key in cache._entries)
 
 
@@ -61,7 +68,8 @@ async def test_the_proxy_estimate_matches_the_fake_providers_cache() -> None:
     # The proxy's message-boundary estimate (proxy side) and the token-exact emulation the
     # fake upstream bills with (tests side) agree on a conversation that grows by turns.
     provider = ProviderPromptCache()
-    model = PromptCacheModel(MemoryCache(), "t", "direct", ttl_s=600)
+    cache = MemoryCache()
+    model = PromptCacheModel("t", "direct", ttl_s=600)
     history = [{"role": "system", "content": "word " * 1100}]
     counter = itertools.count()
     for turn in range(4):
@@ -75,8 +83,9 @@ async def test_the_proxy_estimate_matches_the_fake_providers_cache() -> None:
             for h, m in zip(chain.hashes, history[:-1], strict=True)))
         boundaries = [Boundary(h, n, slot_tag(chain, i))
                       for i, (h, n) in enumerate(zip(chain.hashes, totals, strict=True))]
-        estimate = cached_tokens(await model.lookup(boundaries), totals[-1] + 3)
-        await model.mark(boundaries)
+        seen = model.longest(boundaries, await cache.get_many(model.keys(boundaries)))
+        estimate = cached_tokens(seen, totals[-1] + 3)
+        await cache.set_many(model.marks(boundaries), ttl_s=model.ttl_s)
         assert abs(estimate - billed) <= 128, (turn, estimate, billed)
 
 
@@ -87,8 +96,8 @@ def test_a_conversations_keys_share_two_cluster_slots() -> None:
 
     def first_read(messages: list[dict[str, str]]) -> list[str]:
         conv = Conversation.of({"model": "gpt-4o", "messages": messages})
-        forms = PrefixForms(MemoryCache(), "t1")
-        marks = PromptCacheModel(MemoryCache(), "t1", "direct", ttl_s=60)
+        forms = PrefixForms("t1")
+        marks = PromptCacheModel("t1", "direct", ttl_s=60)
         boundaries = conv.boundaries(conv.messages, [10] * len(conv.messages))
         return forms.keys(conv.chain) + marks.keys(boundaries)
 
