@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 
 import httpx
 import pytest
 
 from tests.support.compression import write_policy
-from tests.support.proxy import ALPHA_KEY
+from tests.support.proxy import ALPHA_KEY, StartProxy
 from tests.support.servers import ProxyServer, write_tenant
 
 pytestmark = pytest.mark.integration
 
-StartProxy = Callable[..., AbstractContextManager[ProxyServer]]
 SECRET = "a-shared-dashboard-secret-0123456789"
 COOKIE = "linguagate_dashboard"
 

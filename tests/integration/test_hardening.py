@@ -20,8 +20,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,7 +28,7 @@ import pytest
 
 from proxy.gateway.jsonbody import MAX_JSON_DEPTH
 from proxy.gateway.wire import WireUpstream
-from tests.support.proxy import ALPHA_KEY, ORG_KEY
+from tests.support.proxy import ALPHA_KEY, ORG_KEY, StartProxy, openai_error
 from tests.support.redis import RedisServer
 from tests.support.servers import ProxyServer
 from tests.support.upstream import FakeUpstream
@@ -37,16 +36,7 @@ from tests.support.upstream import FakeUpstream
 pytestmark = pytest.mark.integration
 
 ADMIN_KEY = "sk-lg-admin"
-StartProxy = Callable[..., AbstractContextManager[ProxyServer]]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def _error(response: httpx.Response) -> dict[str, object]:
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    error: dict[str, object] = body["error"]
-    return error
 
 
 def _write_open_policies(directory: Path) -> None:
@@ -192,7 +182,7 @@ def test_deep_json_is_a_400_naming_the_field(
     response = httpx.post(proxy.base_url + path, content=body,
                           headers={"authorization": f"Bearer {ALPHA_KEY}"})
     assert response.status_code == 400, response.text
-    error = _error(response)
+    error = openai_error(response)
     assert error["param"] == "metadata"
     assert error["code"] == "json_too_deep"
     assert upstream.requests == []
@@ -215,7 +205,7 @@ def test_usage_since_out_of_range_is_a_400(proxy: ProxyServer, since: str) -> No
     response = httpx.get(proxy.base_url + "/linguagate/usage", params={"since": since},
                          headers={"authorization": f"Bearer {ALPHA_KEY}"})
     assert response.status_code == 400, response.text
-    assert _error(response)["param"] == "since"
+    assert openai_error(response)["param"] == "since"
 
 
 # 2 -------------------------------------------------------------------------------------
@@ -412,7 +402,7 @@ def test_requests_beyond_the_concurrency_limit_get_a_503(
     assert sorted(results) == [200, 200]
     assert busy.status_code == 503
     assert busy.headers["retry-after"] == "1"
-    assert _error(busy)["code"] == "server_busy"
+    assert openai_error(busy)["code"] == "server_busy"
 
 
 def test_a_refused_pipelined_request_waits_for_the_earlier_answer(
@@ -473,4 +463,4 @@ def test_an_unexpected_error_off_v1_is_openai_shaped(
         response = httpx.get(server.url + "/readyz")
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/json"
-    assert _error(response)["type"] == "server_error"
+    assert openai_error(response)["type"] == "server_error"

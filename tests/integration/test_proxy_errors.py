@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.support.proxy import ALPHA_KEY
+from tests.support.proxy import ALPHA_KEY, StartProxy, openai_error
 from tests.support.servers import ProxyServer
 from tests.support.upstream import FakeUpstream, Reply, chat_chunk, error_reply, sse_reply
 
@@ -20,15 +18,6 @@ pytestmark = pytest.mark.integration
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 AUTH = {"authorization": f"Bearer {ALPHA_KEY}"}
-StartProxy = Callable[..., AbstractContextManager[ProxyServer]]
-
-
-def _error(response: httpx.Response) -> dict[str, object]:
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    error: dict[str, object] = body["error"]
-    return error
 
 
 def test_upstream_429_relayed_with_headers(client: openai.OpenAI, upstream: FakeUpstream) -> None:
@@ -86,7 +75,7 @@ def test_malformed_json_and_wrong_types(proxy: ProxyServer, upstream: FakeUpstre
     url = proxy.base_url + "/chat/completions"
     bad = httpx.post(url, content=b'{"model": "gpt-4o", "messages": [', headers=AUTH)
     assert bad.status_code == 400
-    assert _error(bad)["type"] == "invalid_request_error"
+    assert openai_error(bad)["type"] == "invalid_request_error"
     assert bad.headers["x-request-id"]
     cases = {
         b'["not", "an", "object"]': None,
@@ -99,7 +88,7 @@ def test_malformed_json_and_wrong_types(proxy: ProxyServer, upstream: FakeUpstre
     for body, param in cases.items():
         response = httpx.post(url, content=body, headers=AUTH)
         assert response.status_code == 400, body
-        assert _error(response)["param"] == param, body
+        assert openai_error(response)["param"] == param, body
     assert upstream.requests == []
 
 
@@ -108,7 +97,7 @@ def test_body_over_limit_is_413(start_proxy: StartProxy, upstream: FakeUpstream)
         big = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 2000}]}
         response = httpx.post(proxy.base_url + "/chat/completions", json=big, headers=AUTH)
         assert response.status_code == 413
-        assert _error(response)["code"] == "request_too_large"
+        assert openai_error(response)["code"] == "request_too_large"
 
         def chunked() -> object:
             yield b'{"model": "gpt-4o", "input": "'
@@ -141,7 +130,7 @@ def test_unreachable_upstream_is_502(start_proxy: StartProxy) -> None:
             proxy.base_url + "/chat/completions", json={"model": "m", "messages": []}, headers=AUTH
         )
         assert response.status_code == 502
-        assert _error(response)["code"] == "upstream_unreachable"
+        assert openai_error(response)["code"] == "upstream_unreachable"
         ready = httpx.get(proxy.url + "/readyz")
         assert ready.status_code == 200
         assert ready.json()["upstream"]["status"] == "unreachable"
@@ -163,4 +152,4 @@ def test_upstream_timeout_is_504_with_retry_after(
 def test_paths_outside_v1_are_404(proxy: ProxyServer) -> None:
     response = httpx.get(proxy.url + "/v2/models", headers=AUTH)
     assert response.status_code == 404
-    assert _error(response)["code"] == "unknown_url"
+    assert openai_error(response)["code"] == "unknown_url"

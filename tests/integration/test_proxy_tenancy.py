@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.support.proxy import ALPHA_KEY, BETA_KEY, ORG_KEY
+from tests.support.proxy import ALPHA_KEY, BETA_KEY, ORG_KEY, StartProxy
 from tests.support.redis import RedisServer
 from tests.support.servers import ProxyServer, write_tenant
 from tests.support.upstream import FakeUpstream
@@ -19,7 +18,6 @@ from tests.support.upstream import FakeUpstream
 pytestmark = pytest.mark.integration
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-StartProxy = Callable[..., AbstractContextManager[ProxyServer]]
 
 
 def _status(proxy: ProxyServer, key: str) -> int:

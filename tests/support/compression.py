@@ -30,6 +30,7 @@ import pytest
 from proxy.compression.messages import split_chat, text_token_count
 from proxy.compression.service import CompressorService
 from proxy.core.settings import Settings
+from proxy.policy.model import CompressionPolicy, Tenant
 from proxy.services import open_services
 from tests.support.servers import ProxyServer, run_proxy
 from tests.support.tiny_lm import sample_text
@@ -54,8 +55,16 @@ __all__ = [
     "key_of",
     "original_tokens",
     "start_compression_proxy",
+    "step_tenant",
     "write_policy",
 ]
+
+def step_tenant(compression: CompressionPolicy) -> Tenant:
+    """A keyless tenant named "team" with ``compression``, for calling the compression step
+    directly (no policy files, no proxy)."""
+    return Tenant(name="team", anonymous=False, admin=False, key_digests=(),
+                  policy_version="0" * 64, compression=compression)
+
 
 EXPLODE = "EXPLODE-NOW"
 SLOWDOWN = "SLOWDOWN-PLEASE"

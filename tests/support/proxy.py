@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -22,11 +23,32 @@ from proxy.core.settings import Settings
 from tests.support.servers import ProxyServer, run_proxy, write_tenant
 from tests.support.upstream import FakeUpstream
 
-__all__ = ["ALPHA_KEY", "BETA_KEY", "ORG_KEY", "byo_proxy", "client", "proxy", "start_proxy"]
+__all__ = [
+    "ALPHA_KEY",
+    "BETA_KEY",
+    "ORG_KEY",
+    "StartProxy",
+    "byo_proxy",
+    "client",
+    "openai_error",
+    "proxy",
+    "start_proxy",
+]
 
 ORG_KEY = "sk-org-secret"
 ALPHA_KEY = "sk-lg-alpha"
 BETA_KEY = "sk-lg-beta"
+# What the `start_proxy` fixture returns.
+StartProxy = Callable[..., AbstractContextManager[ProxyServer]]
+
+
+def openai_error(response: httpx.Response) -> dict[str, object]:
+    """The ``error`` object of an OpenAI-shaped error body, checked to have exactly its fields."""
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    error: dict[str, object] = body["error"]
+    return error
 
 
 @pytest.fixture(scope="session")

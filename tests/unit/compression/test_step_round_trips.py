@@ -13,19 +13,12 @@ from starlette.datastructures import Headers
 from proxy.compression.cache import MemoryCache, TtlGroup
 from proxy.compression.service import CompressorService
 from proxy.compression.step import CompressionStep
-from proxy.policy.model import CompressionPolicy, Tenant
-from tests.support.compression import few_shot
+from proxy.policy.model import CompressionPolicy
+from tests.support.compression import few_shot, step_tenant
 
-TENANT = Tenant(
-    name="team",
-    anonymous=False,
-    admin=False,
-    key_digests=(),
-    policy_version="0" * 64,
-    # Nothing reaches the small LM: the forms are still frozen (as sent) and both prompts
-    # marked, so this counts the prefix machinery alone.
-    compression=CompressionPolicy(mode="enforce", rate=0.5, min_tokens=10**9),
-)
+# Nothing reaches the small LM: the forms are still frozen (as sent) and both prompts
+# marked, so this counts the prefix machinery alone.
+TENANT = step_tenant(CompressionPolicy(mode="enforce", rate=0.5, min_tokens=10**9))
 
 
 class CountingCache(MemoryCache):
