@@ -32,7 +32,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -264,22 +264,15 @@ class LedgerMigration:
             async with gate:
                 await self.client.delete(old)
 
-        for start in range(0, len(keys), _CHUNK):  # a bounded number of tasks at a time
-            await asyncio.gather(*(merge(old) for old in keys[start : start + _CHUNK]))
+        await _in_chunks(merge, keys)
         merged = [old for old in keys if outcomes[old] in ("migrated", "already")]
         if merged and not await self.replicated():
-            for old in merged:
-                counts[_tenant_of(old)].kept += 1
+            outcomes.update(dict.fromkeys(merged, "kept"))
             merged = []
-        for start in range(0, len(merged), _CHUNK):
-            await asyncio.gather(*(delete(old) for old in merged[start : start + _CHUNK]))
-        for old in merged:
+        await _in_chunks(delete, merged)
+        for old, outcome in outcomes.items():
             tally = counts[_tenant_of(old)]
-            setattr(tally, outcomes[old], getattr(tally, outcomes[old]) + 1)
-        for old in keys:
-            if outcomes[old] in ("left", "gone"):
-                tally = counts[_tenant_of(old)]
-                setattr(tally, outcomes[old], getattr(tally, outcomes[old]) + 1)
+            setattr(tally, outcome, getattr(tally, outcome) + 1)
         return counts
 
     async def _marked(self, keys: Sequence[str]) -> list[bool]:
@@ -290,6 +283,12 @@ class LedgerMigration:
                     pipe.exists(_marker_of(old))
                 out += [bool(n) for n in await pipe.execute()]
         return out
+
+
+async def _in_chunks(step: Callable[[str], Awaitable[None]], keys: Sequence[str]) -> None:
+    """``step`` on every key, a bounded number of tasks at a time."""
+    for start in range(0, len(keys), _CHUNK):
+        await asyncio.gather(*(step(old) for old in keys[start : start + _CHUNK]))
 
 
 def _tenant_of(old: str) -> str:
